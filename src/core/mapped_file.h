@@ -1,0 +1,31 @@
+// A read-only memory mapping of a whole file. Weights are used in place from it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace mixtral {
+
+class MappedFile {
+ public:
+  // Maps `path`; throws Error naming the file when it cannot be opened or mapped.
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+  // Reads every page once, so later use does not wait on the disk (--no-mmap style warm-up
+  // without a copy). Returns a checksum so the reads are not optimised away.
+  uint64_t touch() const;
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace mixtral

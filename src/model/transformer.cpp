@@ -1,0 +1,202 @@
+#include "model/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/dequant.h"
+#include "kernels/matmul.h"
+#include "ops/ops.h"
+
+namespace mixtral {
+
+State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_threads) : max_tokens(max_tokens_) {
+  const size_t T = size_t(max_tokens), k = size_t(c.is_moe() ? c.n_experts_used : 1);
+  const size_t E = size_t(c.is_moe() ? c.n_experts : 1);
+  x.resize(T * c.dim);
+  xn.resize(T * c.dim);
+  q.resize(T * c.q_dim());
+  this->k.resize(T * c.kv_dim());
+  v.resize(T * c.kv_dim());
+  att.resize(T * c.q_dim());
+  proj.resize(T * c.dim);
+  scores.resize(size_t(std::max(1, n_threads)) * size_t(max_ctx));
+  inv_freq.resize(size_t(c.head_dim / 2));
+  ops::rope_inv_freq(inv_freq.data(), c.head_dim, c.rope_theta);
+  router_logits.resize(T * E);
+  route_expert.resize(T * k);
+  route_weight.resize(T * k);
+  slot_token.resize(T * k);
+  token_slot.resize(T * k);
+  expert_begin.resize(E + 1);
+  ex_in.resize(T * k * c.dim);
+  ex_h1.resize(T * k * c.ffn_dim);
+  ex_h3.resize(T * k * c.ffn_dim);
+  ex_out.resize(T * k * c.dim);
+  out_rows.reserve(T);
+  out_x.resize(T * c.dim);
+  logits.resize(T * c.vocab_size);
+}
+
+namespace {
+
+void check_batch(const Config& c, const Batch& b, const KVCache& kv, const State& s) {
+  if (b.size() > s.max_tokens)
+    fail("batch", std::to_string(b.size()) + " tokens exceed the state's capacity of " + std::to_string(s.max_tokens));
+  for (int64_t t = 0; t < b.size(); ++t) {
+    if (b.token[t] < 0 || b.token[t] >= c.vocab_size)
+      fail("batch", "token id " + std::to_string(b.token[t]) + " is outside the vocabulary");
+    if (b.seq[t] < 0 || b.seq[t] >= kv.n_seq()) fail("batch", "sequence " + std::to_string(b.seq[t]) + " has no KV slot");
+    if (b.pos[t] < 0 || b.pos[t] >= kv.n_ctx())
+      fail("context", "position " + std::to_string(b.pos[t]) + " is past the context size " + std::to_string(kv.n_ctx()));
+  }
+}
+
+// Grouped-query causal attention of every token of the batch over its own sequence.
+//   in: s.xn [T][dim]   out: s.proj [T][dim]
+void attention(const Config& c, const LayerWeights& L, int64_t layer, const Batch& b, KVCache& kv, State& s,
+               ThreadPool& pool) {
+  const int64_t T = b.size(), hd = c.head_dim, q_dim = c.q_dim(), kv_dim = c.kv_dim();
+  matmul(L.wq, s.xn.data(), T, s.q.data(), pool);  // [T][q_dim]
+  matmul(L.wk, s.xn.data(), T, s.k.data(), pool);  // [T][kv_dim]
+  matmul(L.wv, s.xn.data(), T, s.v.data(), pool);  // [T][kv_dim]
+
+  // RoPE on q and k, then k and v into the cache, before any token of the batch attends.
+  pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      ops::rope(&s.q[t * q_dim], c.n_heads, hd, b.pos[t], s.inv_freq.data(), c.rope_style);
+      ops::rope(&s.k[t * kv_dim], c.n_kv_heads, hd, b.pos[t], s.inv_freq.data(), c.rope_style);
+      std::memcpy(kv.k(layer, b.seq[t], b.pos[t]), &s.k[t * kv_dim], sizeof(float) * kv_dim);
+      std::memcpy(kv.v(layer, b.seq[t], b.pos[t]), &s.v[t * kv_dim], sizeof(float) * kv_dim);
+    }
+  });
+
+  // One (token, query head) pair per task: softmax(q·Kᵀ/√d) · V over positions [lo, pos].
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  const int64_t n_tasks = T * c.n_heads;
+  const size_t scores_per_thread = s.scores.size() / size_t(pool.size());
+  pool.run([&](int thread, int n_threads) {
+    float* scores = s.scores.data() + size_t(thread) * scores_per_thread;
+    for (int64_t task = n_tasks * thread / n_threads; task < n_tasks * (thread + 1) / n_threads; ++task) {
+      const int64_t t = task / c.n_heads, h = task % c.n_heads, kvh = h / group;
+      const int64_t pos = b.pos[t];
+      // Sliding window: a query at p sees keys at p' with p − p' < window (llama.cpp's rule).
+      const int64_t lo = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+      const float* qh = &s.q[t * q_dim + h * hd];
+      for (int64_t p = lo; p <= pos; ++p)
+        scores[p - lo] = dot_f32(qh, kv.k(layer, b.seq[t], p) + kvh * hd, hd) * scale;
+      ops::softmax(scores, pos - lo + 1);
+      float* out = &s.att[t * q_dim + h * hd];
+      std::fill(out, out + hd, 0.f);
+      for (int64_t p = lo; p <= pos; ++p) ops::axpy(scores[p - lo], kv.v(layer, b.seq[t], p) + kvh * hd, out, hd);
+    }
+  });
+  matmul(L.wo, s.att.data(), T, s.proj.data(), pool);  // [T][dim]
+}
+
+// Sparse mixture of experts: route each token to its top-k experts, run every expert once on
+// all the tokens routed to it, combine the outputs with the routing weights.
+//   in: s.xn [T][dim]   out: s.proj [T][dim]
+void moe(const Config& c, const LayerWeights& L, int64_t layer, const Batch& b, State& s, ThreadPool& pool,
+         RoutingObserver* observer) {
+  const int64_t T = b.size(), dim = c.dim, ffn = c.ffn_dim;
+  const int64_t E = c.is_moe() ? c.n_experts : 1, k = c.is_moe() ? c.n_experts_used : 1;
+
+  // 1. Route.  router_logits: [T][E]; route_expert, route_weight: [T][k]
+  if (c.is_moe()) {
+    matmul(L.router, s.xn.data(), T, s.router_logits.data(), pool);
+    route_top_k(s.router_logits.data(), T, E, k, s.route_expert.data(), s.route_weight.data());
+    if (observer)
+      observer->on_route(layer, b, k, E, s.route_expert.data(), s.route_weight.data(), s.router_logits.data());
+  } else {  // a dense model is one expert that every token uses with weight 1
+    std::fill_n(s.route_expert.begin(), T, 0);
+    std::fill_n(s.route_weight.begin(), T, 1.0f);
+  }
+
+  // 2. Group the (token, rank) slots by expert: expert e owns slots [expert_begin[e], expert_begin[e+1]).
+  std::fill(s.expert_begin.begin(), s.expert_begin.end(), 0);
+  for (int64_t i = 0; i < T * k; ++i) ++s.expert_begin[s.route_expert[i] + 1];
+  for (int64_t e = 0; e < E; ++e) s.expert_begin[e + 1] += s.expert_begin[e];
+  std::vector<int64_t>& fill = s.expert_begin;  // advanced while filling, restored below
+  for (int64_t i = 0; i < T * k; ++i) {
+    const int64_t slot = fill[s.route_expert[i]]++;
+    s.slot_token[slot] = int32_t(i / k);
+    s.token_slot[i] = int32_t(slot);
+  }
+  for (int64_t e = E; e > 0; --e) fill[e] = fill[e - 1];
+  fill[0] = 0;
+  pool.parallel_for(T * k, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      std::memcpy(&s.ex_in[i * dim], &s.xn[s.slot_token[i] * dim], sizeof(float) * dim);
+  });
+
+  // 3. Run each chosen expert once over all its tokens: SwiGLU, w2 · (silu(w1 x) ⊙ w3 x).
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t first = s.expert_begin[e], n = s.expert_begin[e + 1] - first;
+    if (n == 0) continue;  // sparsity: an expert nobody chose is never touched
+    const ExpertWeights& X = L.experts[e];
+    matmul(X.w1, &s.ex_in[first * dim], n, &s.ex_h1[first * ffn], pool);  // [n][ffn]
+    matmul(X.w3, &s.ex_in[first * dim], n, &s.ex_h3[first * ffn], pool);  // [n][ffn]
+    pool.parallel_for(n, [&](int64_t i0, int64_t i1) {
+      ops::silu_mul(&s.ex_h1[(first + i0) * ffn], &s.ex_h3[(first + i0) * ffn], (i1 - i0) * ffn);
+    });
+    matmul(X.w2, &s.ex_h1[first * ffn], n, &s.ex_out[first * dim], pool);  // [n][dim]
+  }
+
+  // 4. Combine, in rank order: proj[t] = Σ_r weight[t][r] · out[slot(t, r)].
+  pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* y = &s.proj[t * dim];
+      std::fill(y, y + dim, 0.f);
+      for (int64_t r = 0; r < k; ++r) ops::axpy(s.route_weight[t * k + r], &s.ex_out[s.token_slot[t * k + r] * dim], y, dim);
+    }
+  });
+}
+
+void rmsnorm_rows(const float* x, const std::vector<float>& w, float* out, int64_t n_rows, int64_t dim, float eps,
+                  ThreadPool& pool) {
+  pool.parallel_for(n_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) ops::rmsnorm(x + r * dim, w.data(), out + r * dim, dim, eps);
+  });
+}
+
+void add_rows(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+}  // namespace
+
+void forward(const Model& model, const Batch& b, KVCache& kv, State& s, ThreadPool& pool, RoutingObserver* observer) {
+  const Config& c = model.config();
+  const Weights& w = model.weights();
+  check_batch(c, b, kv, s);
+  const int64_t T = b.size(), dim = c.dim;
+
+  // Embedding lookup.  x: [T][dim]
+  pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) dequantize_row(w.token_embd.dtype, w.token_embd.row(b.token[t]), &s.x[t * dim], dim);
+  });
+
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = w.layers[l];
+    rmsnorm_rows(s.x.data(), L.attn_norm, s.xn.data(), T, dim, c.norm_eps, pool);
+    attention(c, L, l, b, kv, s, pool);
+    add_rows(s.x.data(), s.proj.data(), T * dim);  // h = x + attention(norm(x))
+    rmsnorm_rows(s.x.data(), L.ffn_norm, s.xn.data(), T, dim, c.norm_eps, pool);
+    moe(c, L, l, b, s, pool, observer);
+    add_rows(s.x.data(), s.proj.data(), T * dim);  // out = h + moe(norm(h))
+  }
+
+  // LM head, only for the tokens whose logits were asked for.  logits: [n_out][vocab]
+  s.out_rows.clear();
+  for (int64_t t = 0; t < T; ++t)
+    if (b.logits[t]) s.out_rows.push_back(int32_t(t));
+  const int64_t n_out = int64_t(s.out_rows.size());
+  for (int64_t i = 0; i < n_out; ++i)
+    ops::rmsnorm(&s.x[s.out_rows[i] * dim], w.output_norm.data(), &s.out_x[i * dim], dim, c.norm_eps);
+  if (n_out > 0) matmul(w.output, s.out_x.data(), n_out, s.logits.data(), pool);
+}
+
+}  // namespace mixtral

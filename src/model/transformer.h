@@ -1,0 +1,58 @@
+// The Mixtral forward pass over a Batch of tokens from any number of sequences.
+//
+//   h   = x + Attention(RMSNorm(x))            grouped-query attention, RoPE, KV cache
+//   out = h + MoE(RMSNorm(h))                  route → run experts grouped → combine
+//
+// State holds every activation buffer, sized once for the largest batch; forward() allocates
+// nothing.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/thread_pool.h"
+#include "model/batch.h"
+#include "model/kv_cache.h"
+#include "model/model.h"
+#include "model/routing.h"
+
+namespace mixtral {
+
+struct State {
+  State(const Config& c, int64_t max_tokens, int64_t max_ctx, int n_threads);
+
+  int64_t max_tokens;
+  std::vector<float> x;        // [T][dim]       the residual stream
+  std::vector<float> xn;       // [T][dim]       normed input of the current sub-layer
+  std::vector<float> q;        // [T][q_dim]
+  std::vector<float> k;        // [T][kv_dim]
+  std::vector<float> v;        // [T][kv_dim]
+  std::vector<float> att;      // [T][q_dim]     attention output before wo
+  std::vector<float> proj;     // [T][dim]       output of wo / of the MoE
+  std::vector<float> scores;   // [threads][max_ctx]  attention scores, one row per thread
+  std::vector<float> inv_freq;  // [head_dim/2]  RoPE frequencies
+
+  // MoE: routing and tokens grouped by expert (a "slot" is one (token, rank) pair).
+  std::vector<float> router_logits;  // [T][n_experts]
+  std::vector<int32_t> route_expert;  // [T][k]
+  std::vector<float> route_weight;    // [T][k]
+  std::vector<int32_t> slot_token;    // [T·k]  token of each slot, slots grouped by expert
+  std::vector<int32_t> token_slot;    // [T][k] where each (token, rank) landed
+  std::vector<int64_t> expert_begin;  // [n_experts + 1] slot range of each expert
+  std::vector<float> ex_in;           // [T·k][dim]   gathered inputs
+  std::vector<float> ex_h1;           // [T·k][ffn]   w1 x, then silu(w1 x) ⊙ w3 x
+  std::vector<float> ex_h3;           // [T·k][ffn]   w3 x
+  std::vector<float> ex_out;          // [T·k][dim]   w2 h
+
+  std::vector<int32_t> out_rows;  // tokens whose logits were asked for
+  std::vector<float> out_x;       // [n_out][dim]
+  std::vector<float> logits;      // [n_out][vocab]  forward()'s result
+};
+
+// Runs the batch through the model, writing K/V of every token into `kv` and the logits of
+// the tokens marked in batch.logits into state.logits (in batch order). Tokens of one sequence
+// must have consecutive positions whose earlier positions are already in the cache or earlier
+// in the batch. Throws Error for a token id, position or sequence out of range.
+void forward(const Model& model, const Batch& batch, KVCache& kv, State& state, ThreadPool& pool,
+             RoutingObserver* observer = nullptr);
+
+}  // namespace mixtral

@@ -1,0 +1,26 @@
+// Reference quantizers: float32 rows -> rows of any DType, byte for byte as ggml's reference path
+// writes them (quantize_row_*_ref: what llama-quantize does without an importance matrix).
+// Scalar and slow on purpose; used to make test weights and by conversion tools, never per token.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace mixtral {
+
+// Bytes that n values of type t occupy. Throws Error unless n is a multiple of the block size.
+size_t quantized_bytes(DType t, int64_t n);
+
+// Writes quantized_bytes(t, n) bytes to dst.
+//   F32: copy. F16, BF16: round to nearest even.
+//   Q8_0: d = amax / 127, q = roundf(x * (1/d)).
+//   Q4_0: m = the value of largest magnitude (first on ties), d = m / -8,
+//         q = min(15, (int8)(x * (1/d) + 8.5f)).
+//   Q4_K: ggml's quantize_row_q4_K_ref (make_qkx2_quants per 32, then 6-bit scales/mins).
+//   Q6_K: ggml's quantize_row_q6_K_ref (make_qx_quants per 16, then 8-bit scales).
+// All float32 arithmetic without fused multiply-add, as ggml's reference code is built.
+// Throws Error unless n is a multiple of the block size.
+void quantize_row(DType t, const float* src, uint8_t* dst, int64_t n);
+
+}  // namespace mixtral

@@ -1,0 +1,265 @@
+// The command line as outside checks use it (tokenize, logits, generate, info; -p/-f) and what
+// it does with bad input: every class of broken file or prompt gives exit status 1 and one line
+// on stderr naming the file and the problem; never a crash, a hang or silent garbage.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include "reference_data.h"
+#include "test_util.h"
+
+using namespace mixtral::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int status = -1;  // exit status; 128 + signal when killed
+  std::string out, err;
+};
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string temp_path(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "/mixtral-cli-" + std::to_string(::getpid());
+  fs::create_directories(dir);
+  return dir + "/" + name;
+}
+
+// Runs `mixtral ARGS...` with a time limit; captures stdout and stderr.
+Result run(const std::vector<std::string>& args, const std::string& stdin_text = "") {
+  const std::string out = temp_path("stdout"), err = temp_path("stderr"), in = temp_path("stdin");
+  std::ofstream(in, std::ios::binary) << stdin_text;
+  std::string cmd = "timeout 120 " + quote(mixtral_bin());
+  for (const auto& a : args) cmd += " " + quote(a);
+  cmd += " <" + quote(in) + " >" + quote(out) + " 2>" + quote(err);
+  const int raw = std::system(cmd.c_str());
+  Result r;
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  r.out = read_file(out);
+  r.err = read_file(err);
+  return r;
+}
+
+// A clean failure: status 1, exactly one line on stderr that contains every `needle`.
+void expect_clean_error(const Result& r, const std::vector<std::string>& needles) {
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  for (const auto& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "missing '" << n << "' in: " << r.err;
+}
+
+std::string fixture(const std::string& rel) { return fixtures_dir() + "/" + rel; }
+
+std::string copy_dir(const std::string& rel, const std::string& name) {
+  const std::string dst = temp_path(name);
+  fs::remove_all(dst);
+  fs::copy(fixture(rel), dst);
+  return dst;
+}
+
+void edit_config(const std::string& dir, const std::function<void(nlohmann::json&)>& f) {
+  nlohmann::json j = nlohmann::json::parse(read_file(dir + "/config.json"));
+  f(j);
+  std::ofstream(dir + "/config.json") << j.dump(1);
+}
+
+std::string write_bytes(const std::string& name, const std::string& bytes) {
+  const std::string p = temp_path(name);
+  std::ofstream(p, std::ios::binary) << bytes;
+  return p;
+}
+
+TEST(Cli, HelpOnEveryCommand) {
+  for (const char* c : {"generate", "chat", "tokenize", "logits", "info"}) {
+    const Result r = run({c, "--help"});
+    EXPECT_EQ(r.status, 0) << c;
+    EXPECT_NE(r.out.find("--"), std::string::npos) << c;
+  }
+  EXPECT_EQ(run({"--help"}).status, 0);
+}
+
+TEST(Cli, TokenizeMatchesReference) {
+  REQUIRE_PATH(fixture("gguf/tiny-f32.gguf"));
+  const RefData refs = load_refs(shared_dir() + "/fixtures/refs/tiny-f32");
+  for (const auto& p : refs.prompts) {
+    // -f reads the prompt byte for byte (the code prompt ends with a newline).
+    const std::string file = write_bytes("prompt.txt", p.text);
+    for (const std::string& model : {fixture("gguf/tiny-f32.gguf"), fixture("hf/tiny")}) {
+      const Result r = run({"tokenize", "-m", model, "-f", file});
+      ASSERT_EQ(r.status, 0) << r.err;
+      EXPECT_EQ(nlohmann::json::parse(r.out).get<std::vector<int32_t>>(), p.tokens) << p.name;
+    }
+  }
+  const Result nb = run({"tokenize", "-m", fixture("gguf/tiny-f32.gguf"), "-p", "Hello", "--no-bos"});
+  ASSERT_EQ(nb.status, 0);
+  EXPECT_EQ(nlohmann::json::parse(nb.out), nlohmann::json::parse("[22557]"));
+}
+
+TEST(Cli, LogitsFileMatchesReference) {
+  REQUIRE_PATH(fixture("gguf/tiny-f32.gguf"));
+  const RefData refs = load_refs(shared_dir() + "/fixtures/refs/tiny-f32");
+  const auto& p = refs.prompts[1];  // fr
+  const std::string out = temp_path("logits.f32");
+  const Result r = run({"logits", "-m", fixture("hf/tiny"), "-p", p.text, "-o", out, "-t", "2"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto logits = read_records<float>(out);
+  ASSERT_EQ(logits.size(), p.tokens.size() * 32000);
+  for (size_t pos = 0; pos < p.tokens.size(); ++pos) {
+    const Top40& ref = refs.top40[p.row_offset + pos];
+    double num = 0, den = 0;
+    for (int i = 0; i < 40; ++i) {
+      const double d = logits[pos * 32000 + ref.ids[i]] - ref.values[i];
+      num += d * d;
+      den += double(ref.values[i]) * ref.values[i];
+    }
+    EXPECT_LE(std::sqrt(num / den), 1e-4) << pos;
+  }
+}
+
+TEST(Cli, GreedyGenerateIds) {
+  REQUIRE_PATH(fixture("gguf/tiny-f32.gguf"));
+  const RefData refs = load_refs(shared_dir() + "/fixtures/refs/tiny-f32");
+  const auto& p = refs.prompts[0];
+  const Result r = run({"generate", "-m", fixture("gguf/tiny-f32.gguf"), "-p", p.text, "-n", "32", "--temp", "0",
+                        "--ids", "--ignore-eos"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out).get<std::vector<int32_t>>(), p.greedy);
+  // Text mode streams something printable and finishes.
+  const Result t = run({"generate", "-m", fixture("hf/tiny"), "-p", "Once upon a time", "-n", "8", "--seed", "3"});
+  EXPECT_EQ(t.status, 0) << t.err;
+  EXPECT_FALSE(t.out.empty());
+}
+
+TEST(Cli, ChatAnswersAndEndsOnEmptyLine) {
+  REQUIRE_PATH(fixture("gguf/tiny-f32.gguf"));
+  const Result r = run({"chat", "-m", fixture("gguf/tiny-f32.gguf"), "-n", "4", "--temp", "0"}, "Hello!\nAnd again?\n\n");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_GE(std::count(r.out.begin(), r.out.end(), '>'), 2);
+}
+
+TEST(Cli, InfoPresetPrintsPublishedCounts) {
+  const Result r = run({"info", "--preset", "mixtral-8x7b"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("46.7B"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("12.9B"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("14336"), std::string::npos);
+}
+
+TEST(Cli, InfoOnAModel) {
+  REQUIRE_PATH(fixture("gguf/tiny-q4_0.gguf"));
+  const Result r = run({"info", "-m", fixture("gguf/tiny-q4_0.gguf")});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("Q4_0"), std::string::npos);
+  EXPECT_NE(r.out.find("9.9M total"), std::string::npos) << r.out;  // 9,865,856 parameters
+}
+
+// ---- bad input: one test per class --------------------------------------------------------
+
+TEST(BadInput, MissingFile) {
+  expect_clean_error(run({"generate", "-m", "/nonexistent/model.gguf", "-p", "x"}), {"/nonexistent/model.gguf", "no such"});
+}
+
+TEST(BadInput, TruncatedGguf) {
+  REQUIRE_PATH(fixture("gguf/tiny-f32.gguf"));
+  const std::string all = read_file(fixture("gguf/tiny-f32.gguf"));
+  for (size_t len : {size_t(3), size_t(100), size_t(200000), all.size() / 2, all.size() - 1}) {
+    const std::string p = write_bytes("trunc.gguf", all.substr(0, len));
+    const Result r = run({"generate", "-m", p, "-p", "x", "-n", "1"});
+    expect_clean_error(r, {p});
+  }
+}
+
+TEST(BadInput, WrongMagic) {
+  REQUIRE_PATH(fixture("gguf/tiny-f32.gguf"));
+  std::string all = read_file(fixture("gguf/tiny-f32.gguf"));
+  all[0] = 'X';
+  const std::string p = write_bytes("magic.gguf", all);
+  expect_clean_error(run({"info", "-m", p}), {p, "magic"});
+}
+
+TEST(BadInput, TensorDataPastEndOfFile) {
+  REQUIRE_PATH(fixture("hf/tiny"));
+  const std::string dir = copy_dir("hf/tiny", "short-st");
+  const std::string st = read_file(dir + "/model.safetensors");
+  std::ofstream(dir + "/model.safetensors", std::ios::binary) << st.substr(0, st.size() - 4096);
+  expect_clean_error(run({"info", "-m", dir}), {"model.safetensors"});
+}
+
+TEST(BadInput, AbsurdDimensions) {
+  REQUIRE_PATH(fixture("hf/tiny"));
+  const std::string dir = copy_dir("hf/tiny", "absurd");
+  edit_config(dir, [](nlohmann::json& j) { j["hidden_size"] = 1000000000; });
+  expect_clean_error(run({"info", "-m", dir}), {"config.json", "hidden size"});
+  edit_config(dir, [](nlohmann::json& j) { j["hidden_size"] = 128; j["num_key_value_heads"] = 3; });
+  expect_clean_error(run({"info", "-m", dir}), {"config.json", "kv head"});
+}
+
+TEST(BadInput, MissingTensor) {
+  REQUIRE_PATH(fixture("hf/tiny"));
+  const std::string dir = copy_dir("hf/tiny", "missing");
+  edit_config(dir, [](nlohmann::json& j) { j["num_hidden_layers"] = 3; });
+  expect_clean_error(run({"info", "-m", dir}), {dir, "missing tensor model.layers.2."});
+}
+
+TEST(BadInput, MisShapedTensor) {
+  REQUIRE_PATH(fixture("hf/tiny"));
+  const std::string dir = copy_dir("hf/tiny", "misshaped");
+  edit_config(dir, [](nlohmann::json& j) { j["intermediate_size"] = 320; });
+  expect_clean_error(run({"info", "-m", dir}), {dir, "shape", "expected"});
+}
+
+TEST(BadInput, UnsupportedTensorType) {
+  // A minimal GGUF v3: one KV, one 32x4 tensor of type 6 (Q5_0), which this engine does not run.
+  std::string f = "GGUF";
+  auto u32 = [&](uint32_t v) { f.append(reinterpret_cast<const char*>(&v), 4); };
+  auto u64 = [&](uint64_t v) { f.append(reinterpret_cast<const char*>(&v), 8); };
+  auto str = [&](const std::string& s) { u64(s.size()); f += s; };
+  u32(3);
+  u64(1);
+  u64(1);
+  str("general.architecture");
+  u32(8);
+  str("llama");
+  str("token_embd.weight");
+  u32(2);
+  u64(32);
+  u64(4);
+  u32(6);
+  u64(0);
+  f.resize((f.size() + 31) / 32 * 32, '\0');
+  f.append(4 * 22, '\0');
+  const std::string p = write_bytes("q5.gguf", f);
+  expect_clean_error(run({"info", "-m", p}), {p, "token_embd.weight", "type"});
+}
+
+TEST(BadInput, PromptLongerThanContext) {
+  REQUIRE_PATH(fixture("gguf/tiny-f32.gguf"));
+  const Result r = run({"generate", "-m", fixture("gguf/tiny-f32.gguf"), "-c", "16", "-p",
+                        "This prompt has clearly more than sixteen tokens in it, so it cannot fit at all."});
+  expect_clean_error(r, {"context"});
+  const Result l = run({"logits", "-m", fixture("gguf/tiny-f32.gguf"), "-c", "40000", "-p", "x", "-o", temp_path("x.f32")});
+  expect_clean_error(l, {"ctx-size"});
+}
+
+TEST(BadInput, InvalidUtf8Prompt) {
+  REQUIRE_PATH(fixture("gguf/tiny-f32.gguf"));
+  const std::string p = write_bytes("bad.txt", std::string("caf\xc3(\xff", 6));
+  expect_clean_error(run({"generate", "-m", fixture("gguf/tiny-f32.gguf"), "-f", p}), {"UTF-8"});
+  expect_clean_error(run({"tokenize", "-m", fixture("gguf/tiny-f32.gguf"), "-f", p}), {"UTF-8"});
+}
+
+TEST(BadInput, NotAModelDirectory) {
+  const std::string dir = temp_path("empty-dir");
+  fs::create_directories(dir);
+  expect_clean_error(run({"info", "-m", dir}), {dir});
+}
+
+}  // namespace

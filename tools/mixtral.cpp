@@ -1,0 +1,344 @@
+// mixtral: the command-line frontend. Each subcommand is a thin layer over the engine:
+// parse flags, load the model, call the library, print. Errors from anywhere below arrive as
+// mixtral::Error and leave as one line on stderr with exit status 1.
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "engine/session.h"
+#include "model/model.h"
+#include "sample/sampler.h"
+#include "text/chat.h"
+#include "text/tokenizer.h"
+
+using namespace mixtral;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Flags shared by the commands that load a model.
+struct ModelFlags {
+  std::string model;
+  int threads = 0;
+  int64_t ctx = 0;  // 0: min(4096, the model's context)
+  int64_t batch = 512;
+  int64_t experts_per_token = 0;
+  bool preload = false;
+
+  void add(CLI::App* app, bool with_ctx = true) {
+    app->add_option("-m,--model", model, "Hugging Face directory or .gguf file")->required();
+    app->add_option("-t,--threads", threads, "threads (default: all cores)");
+    if (with_ctx) app->add_option("-c,--ctx-size", ctx, "context size in tokens (KV cache), at most the model's");
+    app->add_option("-b,--batch-size", batch, "most tokens per forward pass during prompt processing");
+    app->add_option("--experts-per-token", experts_per_token, "override the router's top-k");
+    app->add_flag("--preload", preload, "read all weights into memory before running (no page faults later)");
+  }
+  std::unique_ptr<Model> load() const {
+    LoadOptions o;
+    if (experts_per_token > 0) o.experts_per_token = experts_per_token;
+    o.prefetch = preload;
+    return Model::load(model, o);
+  }
+  // The context to allocate: -c when given (an error past the model's maximum), else 4096.
+  int64_t context(const Model& m) const {
+    const int64_t max = m.config().max_context;
+    if (ctx < 0) fail("--ctx-size", "must be positive");
+    if (ctx > max) fail("--ctx-size", std::to_string(ctx) + " exceeds the model's context of " + std::to_string(max));
+    return ctx > 0 ? ctx : std::min<int64_t>(4096, max);
+  }
+  SessionOptions session(int64_t n_ctx) const { return {n_ctx, batch, threads}; }
+};
+
+// -p TEXT or -f FILE (read byte for byte).
+struct PromptFlags {
+  std::string text, file;
+  void add(CLI::App* app) {
+    auto* p = app->add_option("-p,--prompt", text, "prompt text");
+    auto* f = app->add_option("-f,--file", file, "read the prompt from FILE, byte for byte");
+    p->excludes(f);
+  }
+  std::string get() const {
+    if (file.empty()) return text;
+    std::ifstream in(file, std::ios::binary);
+    if (!in) fail(file, "cannot read prompt file");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+};
+
+struct SampleFlags {
+  SamplerParams p;
+  void add(CLI::App* app) {
+    app->add_option("--temp", p.temperature, "temperature; 0 = greedy");
+    app->add_option("--top-k", p.top_k, "keep the k most likely tokens (0 = off)");
+    app->add_option("--top-p", p.top_p, "nucleus sampling threshold (1 = off)");
+    app->add_option("--min-p", p.min_p, "drop tokens below min-p × the most likely (0 = off)");
+    app->add_option("--repeat-penalty", p.repeat_penalty, "penalise recent tokens (1 = off)");
+    app->add_option("--repeat-last-n", p.repeat_last_n, "tokens the repeat penalty looks back over");
+    app->add_option("--seed", p.seed, "random seed (same seed, same text)");
+  }
+};
+
+std::string json_ids(const std::vector<int32_t>& ids) { return nlohmann::json(ids).dump(); }
+
+int cmd_tokenize(const ModelFlags& mf, const PromptFlags& pf, bool no_bos, bool pieces) {
+  const auto model = mf.load();
+  const Tokenizer& tok = model->tokenizer();
+  const auto ids = tok.encode(pf.get(), !no_bos);
+  if (pieces) {
+    nlohmann::json j = nlohmann::json::array();
+    for (int32_t id : ids) j.push_back({{"id", id}, {"piece", tok.piece(id)}});
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << json_ids(ids) << "\n";
+  }
+  return 0;
+}
+
+int cmd_logits(const ModelFlags& mf, const PromptFlags& pf, const std::string& out_path) {
+  const auto model = mf.load();
+  const auto ids = model->tokenizer().encode(pf.get(), true);
+  // One pass over the whole prompt, as the reference logits were computed.
+  ModelFlags one = mf;
+  one.batch = std::max<int64_t>(int64_t(ids.size()), 1);
+  const int64_t n_ctx = std::max<int64_t>(mf.context(*model), int64_t(ids.size()));
+  if (n_ctx > model->config().max_context)
+    fail("prompt", std::to_string(ids.size()) + " tokens exceed the model's context of " +
+                       std::to_string(model->config().max_context));
+  Session session(*model, one.session(n_ctx));
+  const auto& logits = session.eval(ids, /*all_logits=*/true);
+  std::ofstream out(out_path, std::ios::binary);
+  if (!out) fail(out_path, "cannot open for writing");
+  out.write(reinterpret_cast<const char*>(logits.data()), std::streamsize(logits.size() * sizeof(float)));
+  if (!out) fail(out_path, "write failed");
+  std::cerr << "wrote " << ids.size() << " x " << model->config().vocab_size << " float32 logits to " << out_path << "\n";
+  return 0;
+}
+
+int cmd_generate(const ModelFlags& mf, const PromptFlags& pf, const SampleFlags& sf, int64_t n_predict, bool ids_out,
+                 bool ignore_eos, bool verbose) {
+  const auto model = mf.load();
+  const Tokenizer& tok = model->tokenizer();
+  const auto prompt = tok.encode(pf.get(), true);
+  const int64_t n_ctx = mf.context(*model);
+  if (int64_t(prompt.size()) >= n_ctx)
+    fail("prompt", std::to_string(prompt.size()) + " tokens do not fit in the context of " + std::to_string(n_ctx) +
+                       " (raise --ctx-size)");
+  Session session(*model, mf.session(n_ctx));
+  Sampler sampler(sf.p);
+  std::vector<int32_t> history = prompt, generated;
+  StreamDecoder text(tok);
+
+  const auto t0 = Clock::now();
+  std::vector<float> logits = session.eval(prompt);
+  const double t_prompt = seconds_since(t0);
+  const auto t1 = Clock::now();
+  for (int64_t i = 0; i < n_predict && session.n_past() < n_ctx; ++i) {
+    const int32_t id = sampler.sample(logits.data(), model->config().vocab_size, history);
+    if (id == tok.eos() && !ignore_eos) break;
+    history.push_back(id);
+    generated.push_back(id);
+    if (!ids_out) {
+      std::cout << text.feed(id) << std::flush;
+    }
+    if (i + 1 < n_predict && session.n_past() < n_ctx) logits = session.eval({id});
+  }
+  if (ids_out) {
+    std::cout << json_ids(generated) << "\n";
+  } else {
+    std::cout << text.flush() << "\n";
+  }
+  const double t_gen = seconds_since(t1);
+  if (verbose)
+    std::fprintf(stderr, "prompt: %zu tokens in %.2f s (%.1f tok/s); generated: %zu tokens in %.2f s (%.2f tok/s)\n",
+                 prompt.size(), t_prompt, double(prompt.size()) / t_prompt, generated.size(), t_gen,
+                 generated.empty() ? 0.0 : double(generated.size()) / t_gen);
+  return 0;
+}
+
+int cmd_chat(const ModelFlags& mf, const SampleFlags& sf, const std::string& system, int64_t n_predict) {
+  const auto model = mf.load();
+  const Tokenizer& tok = model->tokenizer();
+  Session session(*model, mf.session(mf.context(*model)));
+  Sampler sampler(sf.p);
+  std::vector<ChatMessage> messages;
+  std::vector<int32_t> cached;  // the tokens in the KV cache
+  std::optional<std::string> sys = system.empty() ? std::nullopt : std::optional<std::string>(system);
+  std::cerr << "mixtral chat: " << to_string(model->config()) << "\n"
+            << "Type a message and press Enter; an empty line or Ctrl-D ends the chat.\n";
+  std::string line;
+  while (true) {
+    std::cout << "\n> " << std::flush;
+    if (!std::getline(std::cin, line) || line.empty()) break;
+    messages.push_back({"user", line});
+    std::vector<int32_t> ids;
+    try {
+      ids = encode_chat_v1(tok, messages, sys);
+    } catch (const Error& e) {
+      std::cerr << "error: " << e.what() << "\n";
+      messages.pop_back();
+      continue;
+    }
+    // Each message is encoded on its own, so the conversation so far is a prefix of the new
+    // encoding: only the new tokens need a forward pass.
+    size_t common = 0;
+    while (common < cached.size() && common < ids.size() && cached[common] == ids[common]) ++common;
+    if (common == ids.size()) common = ids.size() - 1;  // always evaluate at least one token
+    if (int64_t(ids.size()) + 1 >= session.n_ctx()) {
+      std::cerr << "error: the conversation no longer fits in the context of " << session.n_ctx() << " tokens\n";
+      break;
+    }
+    session.truncate(int64_t(common));
+    std::vector<float> logits = session.eval(std::vector<int32_t>(ids.begin() + common, ids.end()));
+    cached = ids;
+    StreamDecoder text(tok);
+    std::vector<int32_t> answer;
+    std::vector<int32_t> history = ids;
+    for (int64_t i = 0; i < n_predict && session.n_past() < session.n_ctx(); ++i) {
+      const int32_t id = sampler.sample(logits.data(), model->config().vocab_size, history);
+      if (id == tok.eos()) break;
+      answer.push_back(id);
+      history.push_back(id);
+      cached.push_back(id);
+      std::cout << text.feed(id) << std::flush;
+      if (session.n_past() < session.n_ctx()) logits = session.eval({id});
+    }
+    std::cout << text.flush() << "\n";
+    messages.push_back({"assistant", tok.decode(answer)});
+  }
+  return 0;
+}
+
+std::string human(int64_t n) {
+  char buf[32];
+  if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.1fB", double(n) / 1e9);
+  else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.1fM", double(n) / 1e6);
+  else std::snprintf(buf, sizeof buf, "%.1fK", double(n) / 1e3);
+  return buf;
+}
+
+void print_config(const Config& c) {
+  std::cout << "architecture:     " << c.arch << (c.is_moe() ? " (sparse mixture of experts)" : " (dense)") << "\n"
+            << "hidden size:      " << c.dim << "\n"
+            << "layers:           " << c.n_layers << "\n"
+            << "attention heads:  " << c.n_heads << " query, " << c.n_kv_heads << " key/value, head dim " << c.head_dim << "\n"
+            << "ffn size:         " << c.ffn_dim << (c.is_moe() ? " per expert" : "") << "\n";
+  if (c.is_moe()) std::cout << "experts:          " << c.n_experts << ", top-" << c.n_experts_used << " per token\n";
+  std::cout << "vocabulary:       " << c.vocab_size << "\n"
+            << "context:          " << c.max_context << (c.sliding_window ? ", sliding window " + std::to_string(c.sliding_window) : "") << "\n"
+            << "rope theta:       " << c.rope_theta << "\n"
+            << "rms norm eps:     " << c.norm_eps << "\n"
+            << "parameters:       " << human(c.params_total()) << " total (" << c.params_total() << "), "
+            << human(c.params_active()) << " active per token (" << c.params_active() << ")\n";
+}
+
+int cmd_info(const std::string& model_path, const std::string& preset, int64_t experts_per_token) {
+  if (!preset.empty()) {
+    Config c = Config::preset(preset);
+    if (experts_per_token > 0) {
+      if (experts_per_token > c.n_experts) fail("--experts-per-token", "more than the model's experts");
+      c.n_experts_used = experts_per_token;
+    }
+    std::cout << "preset:           " << preset << "\n";
+    print_config(c);
+    return 0;
+  }
+  if (model_path.empty()) fail("info", "give -m MODEL or --preset NAME");
+  LoadOptions o;
+  if (experts_per_token > 0) o.experts_per_token = experts_per_token;
+  const auto model = Model::load(model_path, o);
+  std::cout << "model:            " << model_path << " (" << model->format() << ")\n";
+  print_config(model->config());
+  std::cout << "weights:          " << model->dtype_summary() << "\n"
+            << "weight bytes:     " << model->weight_bytes() << "\n"
+            << "tokenizer:        " << (model->has_tokenizer() ? std::to_string(model->tokenizer().n_vocab()) + " pieces" : "none") << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"mixtral: run, inspect and chat with Mixtral-family sparse mixture-of-experts models"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "help for every command");
+
+  ModelFlags mf;
+  PromptFlags pf;
+  SampleFlags sf;
+
+  auto* gen = app.add_subcommand("generate", "continue a prompt, streaming the text");
+  mf.add(gen);
+  pf.add(gen);
+  sf.add(gen);
+  int64_t n_predict = 128;
+  bool ids_out = false, ignore_eos = false, verbose = false;
+  gen->add_option("-n,--n-predict", n_predict, "tokens to generate");
+  gen->add_flag("--ids", ids_out, "print the generated ids as a JSON array instead of text");
+  gen->add_flag("--ignore-eos", ignore_eos, "keep generating after the end-of-sequence token");
+  gen->add_flag("-v,--verbose", verbose, "print timings to stderr");
+
+  auto* chat = app.add_subcommand("chat", "interactive multi-turn chat in the Mixtral Instruct format");
+  ModelFlags cmf;
+  SampleFlags csf;
+  std::string system;
+  int64_t chat_n = 512;
+  cmf.add(chat);
+  csf.add(chat);
+  chat->add_option("-s,--system", system, "system prompt (placed before the first user message)");
+  chat->add_option("-n,--n-predict", chat_n, "most tokens per answer");
+
+  auto* tokenize = app.add_subcommand("tokenize", "print the token ids of a text as a JSON array");
+  ModelFlags tmf;
+  PromptFlags tpf;
+  bool no_bos = false, pieces = false;
+  tmf.add(tokenize, false);
+  tpf.add(tokenize);
+  tokenize->add_flag("--no-bos", no_bos, "do not start with the BOS token");
+  tokenize->add_flag("--pieces", pieces, "print {id, piece} objects");
+
+  auto* logits = app.add_subcommand("logits", "write the float32 logits of every prompt position to a file");
+  ModelFlags lmf;
+  PromptFlags lpf;
+  std::string out_path;
+  lmf.add(logits);
+  lpf.add(logits);
+  logits->add_option("-o,--output", out_path, "output file: float32 little-endian [n_tokens][n_vocab]")->required();
+
+  auto* info = app.add_subcommand("info", "architecture, dtypes and parameter counts of a model or preset");
+  std::string info_model, preset;
+  int64_t info_k = 0;
+  info->add_option("-m,--model", info_model, "Hugging Face directory or .gguf file");
+  info->add_option("--preset", preset, "a published configuration: mixtral-8x7b, mixtral-8x22b, mistral-7b");
+  info->add_option("--experts-per-token", info_k, "override the router's top-k");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (*gen) return cmd_generate(mf, pf, sf, n_predict, ids_out, ignore_eos, verbose);
+    if (*chat) return cmd_chat(cmf, csf, system, chat_n);
+    if (*tokenize) return cmd_tokenize(tmf, tpf, no_bos, pieces);
+    if (*logits) return cmd_logits(lmf, lpf, out_path);
+    if (*info) return cmd_info(info_model, preset, info_k);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "mixtral: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "mixtral: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mixtral: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
