@@ -78,7 +78,7 @@ std::string write_bytes(const std::string& name, const std::string& bytes) {
 }
 
 TEST(Cli, HelpOnEveryCommand) {
-  for (const char* c : {"generate", "chat", "tokenize", "logits", "info"}) {
+  for (const char* c : {"generate", "chat", "tokenize", "logits", "info", "quantize"}) {
     const Result r = run({c, "--help"});
     EXPECT_EQ(r.status, 0) << c;
     EXPECT_NE(r.out.find("--"), std::string::npos) << c;

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "engine/session.h"
+#include "model/export_gguf.h"
 #include "model/model.h"
 #include "sample/sampler.h"
 #include "text/chat.h"
@@ -263,6 +264,26 @@ int cmd_info(const std::string& model_path, const std::string& preset, int64_t e
   return 0;
 }
 
+int cmd_quantize(const std::string& in, const std::string& out, const std::string& type, bool per_expert) {
+  ExportOptions o;
+  std::string t = type;
+  for (char& ch : t) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (t == "q4_k_m") {
+    o.type = DType::Q4_K;
+    o.k_quant_mix = true;
+  } else {
+    const auto d = dtype_from_name(t);
+    if (!d) fail("--type", "unknown type \"" + type + "\" (f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m, q6_k)");
+    o.type = *d;
+  }
+  o.per_expert_layout = per_expert;
+  const auto t0 = Clock::now();
+  const auto model = Model::load(in);
+  export_gguf(*model, out, o);
+  std::fprintf(stderr, "wrote %s (%s) in %.1f s\n", out.c_str(), type.c_str(), seconds_since(t0));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -319,6 +340,14 @@ int main(int argc, char** argv) {
   info->add_option("--preset", preset, "a published configuration: mixtral-8x7b, mixtral-8x22b, mistral-7b");
   info->add_option("--experts-per-token", info_k, "override the router's top-k");
 
+  auto* quantize = app.add_subcommand("quantize", "convert a model (HF directory or GGUF) to a GGUF file of another type");
+  std::string q_in, q_out, q_type = "q8_0";
+  bool q_per_expert = false;
+  quantize->add_option("input", q_in, "Hugging Face directory or .gguf file")->required();
+  quantize->add_option("output", q_out, "the .gguf file to write")->required();
+  quantize->add_option("--type", q_type, "f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with Q6_K for attn_v/ffn_down/output), q6_k");
+  quantize->add_flag("--per-expert", q_per_expert, "one tensor per expert (the early Mixtral GGUF layout)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -330,6 +359,7 @@ int main(int argc, char** argv) {
     if (*tokenize) return cmd_tokenize(tmf, tpf, no_bos, pieces);
     if (*logits) return cmd_logits(lmf, lpf, out_path);
     if (*info) return cmd_info(info_model, preset, info_k);
+    if (*quantize) return cmd_quantize(q_in, q_out, q_type, q_per_expert);
   } catch (const Error& e) {
     std::fprintf(stderr, "mixtral: error: %s\n", e.what());
     return 1;
