@@ -133,7 +133,7 @@ TEST(Engine, BatchOfPromptsEqualsEachAlone) {
 
   // All prompts in one batch, each in its own KV slot, logits at every position.
   ThreadPool pool(2);
-  KVCache kv(c, int(prompts.size()), 256);
+  KVCache kv = KVCache::reserved(c, int(prompts.size()), 256);
   int64_t total = 0;
   for (const auto& p : prompts) total += int64_t(p.size());
   State state(c, total, 256, 2);

@@ -16,7 +16,8 @@ int threads_or_default(int n) { return n > 0 ? n : ThreadPool::default_threads()
 Session::Session(const Model& model, const SessionOptions& o)
     : model_(model),
       pool_(threads_or_default(o.n_threads)),
-      kv_(model.config(), 1, clamp_ctx(model, o.n_ctx)),
+      n_ctx_(clamp_ctx(model, o.n_ctx)),
+      kv_(KVCache::reserved(model.config(), 1, n_ctx_)),
       state_(model.config(), std::max<int64_t>(1, std::min(o.n_batch, clamp_ctx(model, o.n_ctx))),
              clamp_ctx(model, o.n_ctx), threads_or_default(o.n_threads)),
       n_batch_(state_.max_tokens) {}
@@ -24,9 +25,9 @@ Session::Session(const Model& model, const SessionOptions& o)
 const std::vector<float>& Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {
   const int64_t vocab = model_.config().vocab_size;
   if (tokens.empty()) fail("eval", "no tokens to evaluate");
-  if (n_past_ + int64_t(tokens.size()) > kv_.n_ctx())
+  if (n_past_ + int64_t(tokens.size()) > n_ctx_)
     fail("context", std::to_string(n_past_ + int64_t(tokens.size())) + " tokens do not fit in the context of " +
-                        std::to_string(kv_.n_ctx()) + " (raise --ctx-size, up to " +
+                        std::to_string(n_ctx_) + " (raise --ctx-size, up to " +
                         std::to_string(model_.config().max_context) + ")");
   out_.clear();
   for (size_t i = 0; i < tokens.size(); i += size_t(n_batch_)) {

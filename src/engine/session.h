@@ -26,7 +26,7 @@ class Session {
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits = false);
 
   int64_t n_past() const { return n_past_; }
-  int64_t n_ctx() const { return kv_.n_ctx(); }
+  int64_t n_ctx() const { return n_ctx_; }
   void reset() { n_past_ = 0; }
   // Drops the positions from n onward (the cache keeps them but they are overwritten).
   void truncate(int64_t n) { n_past_ = std::min(n_past_, n); }
@@ -37,6 +37,7 @@ class Session {
  private:
   const Model& model_;
   ThreadPool pool_;
+  int64_t n_ctx_;
   KVCache kv_;
   State state_;
   Batch batch_;

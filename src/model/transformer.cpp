@@ -47,9 +47,10 @@ void check_batch(const Config& c, const Batch& b, const KVCache& kv, const State
   for (int64_t t = 0; t < b.size(); ++t) {
     if (b.token[t] < 0 || b.token[t] >= c.vocab_size)
       fail("batch", "token id " + std::to_string(b.token[t]) + " is outside the vocabulary");
-    if (b.seq[t] < 0 || b.seq[t] >= kv.n_seq()) fail("batch", "sequence " + std::to_string(b.seq[t]) + " has no KV slot");
-    if (b.pos[t] < 0 || b.pos[t] >= kv.n_ctx())
-      fail("context", "position " + std::to_string(b.pos[t]) + " is past the context size " + std::to_string(kv.n_ctx()));
+    if (!kv.live(b.seq[t])) fail("batch", "sequence " + std::to_string(b.seq[t]) + " has no KV slot");
+    if (b.pos[t] < 0 || b.pos[t] >= kv.capacity(b.seq[t]))
+      fail("context", "position " + std::to_string(b.pos[t]) + " is past the sequence's KV capacity " +
+                          std::to_string(kv.capacity(b.seq[t])));
   }
 }
 
