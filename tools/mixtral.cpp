@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli_common.h"
 #include "core/error.h"
 #include "engine/session.h"
 #include "model/export_gguf.h"
@@ -20,73 +21,9 @@
 #include "text/tokenizer.h"
 
 using namespace mixtral;
+using namespace mixtral::cli;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// Flags shared by the commands that load a model.
-struct ModelFlags {
-  std::string model;
-  int threads = 0;
-  int64_t ctx = 0;  // 0: min(4096, the model's context)
-  int64_t batch = 512;
-  int64_t experts_per_token = 0;
-  bool preload = false;
-
-  void add(CLI::App* app, bool with_ctx = true) {
-    app->add_option("-m,--model", model, "Hugging Face directory or .gguf file")->required();
-    app->add_option("-t,--threads", threads, "threads (default: all cores)");
-    if (with_ctx) app->add_option("-c,--ctx-size", ctx, "context size in tokens (KV cache), at most the model's");
-    app->add_option("-b,--batch-size", batch, "most tokens per forward pass during prompt processing");
-    app->add_option("--experts-per-token", experts_per_token, "override the router's top-k");
-    app->add_flag("--preload", preload, "read all weights into memory before running (no page faults later)");
-  }
-  std::unique_ptr<Model> load() const {
-    LoadOptions o;
-    if (experts_per_token > 0) o.experts_per_token = experts_per_token;
-    o.prefetch = preload;
-    return Model::load(model, o);
-  }
-  // The context to allocate: -c when given (an error past the model's maximum), else 4096.
-  int64_t context(const Model& m) const {
-    const int64_t max = m.config().max_context;
-    if (ctx < 0) fail("--ctx-size", "must be positive");
-    if (ctx > max) fail("--ctx-size", std::to_string(ctx) + " exceeds the model's context of " + std::to_string(max));
-    return ctx > 0 ? ctx : std::min<int64_t>(4096, max);
-  }
-  SessionOptions session(int64_t n_ctx) const { return {n_ctx, batch, threads}; }
-};
-
-// -p TEXT or -f FILE (read byte for byte).
-struct PromptFlags {
-  std::string text, file;
-  void add(CLI::App* app) {
-    auto* p = app->add_option("-p,--prompt", text, "prompt text");
-    auto* f = app->add_option("-f,--file", file, "read the prompt from FILE, byte for byte");
-    p->excludes(f);
-  }
-  std::string get() const {
-    if (file.empty()) return text;
-    std::ifstream in(file, std::ios::binary);
-    if (!in) fail(file, "cannot read prompt file");
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
-};
-
-struct SampleFlags {
-  SamplerParams p;
-  void add(CLI::App* app) {
-    app->add_option("--temp", p.temperature, "temperature; 0 = greedy");
-    app->add_option("--top-k", p.top_k, "keep the k most likely tokens (0 = off)");
-    app->add_option("--top-p", p.top_p, "nucleus sampling threshold (1 = off)");
-    app->add_option("--min-p", p.min_p, "drop tokens below min-p × the most likely (0 = off)");
-    app->add_option("--repeat-penalty", p.repeat_penalty, "penalise recent tokens (1 = off)");
-    app->add_option("--repeat-last-n", p.repeat_last_n, "tokens the repeat penalty looks back over");
-    app->add_option("--seed", p.seed, "random seed (same seed, same text)");
-  }
-};
 
 std::string json_ids(const std::vector<int32_t>& ids) { return nlohmann::json(ids).dump(); }
 
@@ -348,6 +285,9 @@ int main(int argc, char** argv) {
   quantize->add_option("--type", q_type, "f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with Q6_K for attn_v/ffn_down/output), q6_k");
   quantize->add_flag("--per-expert", q_per_expert, "one tensor per expert (the early Mixtral GGUF layout)");
 
+  // Commands that live in their own tools/cmd_*.cpp files register here.
+  Commands commands;
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -360,6 +300,8 @@ int main(int argc, char** argv) {
     if (*logits) return cmd_logits(lmf, lpf, out_path);
     if (*info) return cmd_info(info_model, preset, info_k);
     if (*quantize) return cmd_quantize(q_in, q_out, q_type, q_per_expert);
+    for (auto& [sub, run] : commands)
+      if (*sub) return run();
   } catch (const Error& e) {
     std::fprintf(stderr, "mixtral: error: %s\n", e.what());
     return 1;
