@@ -263,3 +263,35 @@ TEST(BadInput, NotAModelDirectory) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Cli, BenchJsonForm) {
+  REQUIRE_PATH(fixture("gguf/tiny-q8_0.gguf"));
+  const Result r = run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "16", "-n", "4", "-t", "1,2", "-r", "2",
+                        "-o", "json", "--no-mmap"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 4u);
+  EXPECT_EQ(j[0]["test"], "pp16");
+  EXPECT_EQ(j[1]["test"], "tg4");
+  EXPECT_EQ(j[2]["threads"], 2);
+  for (const auto& t : j) {
+    EXPECT_GT(t["avg_ts"].get<double>(), 0);
+    EXPECT_GE(t["stddev_ts"].get<double>(), 0);
+    EXPECT_EQ(t["samples_ts"].size(), 2u);
+  }
+  expect_clean_error(run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "1,x"}), {"-p"});
+}
+
+TEST(Cli, NoMmapGivesTheSameLogits) {
+  REQUIRE_PATH(fixture("gguf/tiny-q4_0.gguf"));
+  for (const std::string& model : {fixture("gguf/tiny-q4_0.gguf"), fixture("hf/tiny")}) {
+    const std::string a = temp_path("mmap.f32"), b = temp_path("nommap.f32");
+    ASSERT_EQ(run({"logits", "-m", model, "-p", "Same bytes either way.", "-o", a}).status, 0);
+    ASSERT_EQ(run({"logits", "-m", model, "-p", "Same bytes either way.", "-o", b, "--no-mmap"}).status, 0);
+    EXPECT_EQ(read_file(a), read_file(b));
+  }
+}
+
+}  // namespace

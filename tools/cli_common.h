@@ -34,6 +34,7 @@ struct ModelFlags {
   int64_t batch = 512;
   int64_t experts_per_token = 0;
   bool preload = false;
+  bool no_mmap = false;
 
   void add(CLI::App* app, bool with_ctx = true) {
     app->add_option("-m,--model", model, "Hugging Face directory or .gguf file")->required();
@@ -41,12 +42,14 @@ struct ModelFlags {
     if (with_ctx) app->add_option("-c,--ctx-size", ctx, "context size in tokens (KV cache), at most the model's");
     app->add_option("-b,--batch-size", batch, "most tokens per forward pass during prompt processing");
     app->add_option("--experts-per-token", experts_per_token, "override the router's top-k");
-    app->add_flag("--preload", preload, "read all weights into memory before running (no page faults later)");
+    app->add_flag("--preload", preload, "touch every weight page before running (no page faults later)");
+    app->add_flag("--no-mmap", no_mmap, "read the model into memory instead of mapping it (pages cannot be evicted)");
   }
   std::unique_ptr<Model> load() const {
     LoadOptions o;
     if (experts_per_token > 0) o.experts_per_token = experts_per_token;
     o.prefetch = preload;
+    o.no_mmap = no_mmap;
     return Model::load(model, o);
   }
   // The context to allocate: -c when given (an error past the model's maximum), else 4096.

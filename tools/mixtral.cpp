@@ -223,6 +223,10 @@ int cmd_quantize(const std::string& in, const std::string& out, const std::strin
 
 }  // namespace
 
+namespace mixtral::cli {
+void add_bench_command(CLI::App& app, Commands& commands);
+}  // namespace mixtral::cli
+
 int main(int argc, char** argv) {
   CLI::App app{"mixtral: run, inspect and chat with Mixtral-family sparse mixture-of-experts models"};
   app.require_subcommand(1);
@@ -287,6 +291,7 @@ int main(int argc, char** argv) {
 
   // Commands that live in their own tools/cmd_*.cpp files register here.
   Commands commands;
+  add_bench_command(app, commands);
 
   try {
     app.parse(argc, argv);

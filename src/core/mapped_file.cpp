@@ -12,7 +12,7 @@
 
 namespace mixtral {
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+MappedFile::MappedFile(const std::string& path, bool in_memory) : path_(path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
@@ -21,7 +21,27 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     fail(path, "not a regular file");
   }
   size_ = size_t(st.st_size);
-  if (size_ > 0) {
+  if (size_ > 0 && in_memory) {
+    void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      fail(path, "cannot allocate " + std::to_string(size_ >> 20) + " MiB to read the file into memory");
+    }
+    ::madvise(p, size_, MADV_HUGEPAGE);
+    size_t done = 0;
+    while (done < size_) {
+      const ssize_t n = ::read(fd, static_cast<uint8_t*>(p) + done, size_ - done);
+      if (n <= 0) {
+        const int e = errno;
+        ::munmap(p, size_);
+        ::close(fd);
+        fail(path, std::string("read failed: ") + (n == 0 ? "unexpected end of file" : std::strerror(e)));
+      }
+      done += size_t(n);
+    }
+    ::mprotect(p, size_, PROT_READ);
+    data_ = static_cast<const uint8_t*>(p);
+  } else if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
       const int e = errno;

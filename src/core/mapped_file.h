@@ -8,8 +8,11 @@ namespace mixtral {
 
 class MappedFile {
  public:
-  // Maps `path`; throws Error naming the file when it cannot be opened or mapped.
-  explicit MappedFile(const std::string& path);
+  // Maps `path`; throws Error naming the file when it cannot be opened or mapped. With
+  // `in_memory` the file is instead read into anonymous memory (--no-mmap): the bytes then
+  // cannot be dropped by the page cache, which benchmarks need (this VM evicts file pages
+  // left unused for ~60 s).
+  explicit MappedFile(const std::string& path, bool in_memory = false);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;

@@ -184,7 +184,8 @@ bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul
 
 }  // namespace
 
-GgufFile::GgufFile(const std::string& path) : file_(std::make_unique<MappedFile>(path)) {
+GgufFile::GgufFile(const std::string& path, bool in_memory)
+    : file_(std::make_unique<MappedFile>(path, in_memory)) {
   const std::string& p = file_->path();
   Cursor c(file_->data(), file_->size(), p);
 

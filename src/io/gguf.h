@@ -44,7 +44,7 @@ inline constexpr int kGgufMaxArrayDepth = 4;  // arrays of arrays nested deeper 
 
 class GgufFile {
  public:
-  explicit GgufFile(const std::string& path);
+  explicit GgufFile(const std::string& path, bool in_memory = false);  // in_memory: see MappedFile
 
   const std::string& path() const { return file_->path(); }
   uint32_t version() const { return version_; }

@@ -29,7 +29,7 @@ nlohmann::json read_json(const std::string& path) {
 
 }  // namespace
 
-HfCheckpoint::HfCheckpoint(const std::string& dir) : dir_(dir) {
+HfCheckpoint::HfCheckpoint(const std::string& dir, bool in_memory) : dir_(dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail(dir, "not a directory (expected a Hugging Face model folder)");
   const fs::path root(dir);
@@ -41,7 +41,7 @@ HfCheckpoint::HfCheckpoint(const std::string& dir) : dir_(dir) {
   const fs::path single = root / "model.safetensors";
   const fs::path index_path = root / "model.safetensors.index.json";
   if (fs::exists(single, ec)) {
-    files_.push_back(std::make_unique<SafetensorsFile>(single.string()));
+    files_.push_back(std::make_unique<SafetensorsFile>(single.string(), in_memory));
     for (const RawTensor& t : files_.back()->tensors()) add(t, single.string());
   } else if (fs::exists(index_path, ec)) {
     const std::string ip = index_path.string();
@@ -60,7 +60,7 @@ HfCheckpoint::HfCheckpoint(const std::string& dir) : dir_(dir) {
     }
     for (const auto& [shard, names] : by_shard) {
       const std::string sp = (root / shard).string();
-      files_.push_back(std::make_unique<SafetensorsFile>(sp));
+      files_.push_back(std::make_unique<SafetensorsFile>(sp, in_memory));
       const SafetensorsFile& f = *files_.back();
       for (const std::string& name : names)
         if (!f.find(name)) fail(sp, "tensor " + name + " is listed in " + ip + " but missing from this shard");
@@ -77,7 +77,7 @@ HfCheckpoint::HfCheckpoint(const std::string& dir) : dir_(dir) {
     std::sort(shards.begin(), shards.end());
     if (shards.empty()) fail(dir, "no model.safetensors, model.safetensors.index.json or *.safetensors files");
     for (const std::string& sp : shards) {
-      files_.push_back(std::make_unique<SafetensorsFile>(sp));
+      files_.push_back(std::make_unique<SafetensorsFile>(sp, in_memory));
       for (const RawTensor& t : files_.back()->tensors()) add(t, sp);
     }
   }

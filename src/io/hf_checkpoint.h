@@ -20,7 +20,7 @@ class HfCheckpoint {
  public:
   // Throws Error naming the path when the directory, config.json, a shard, or an indexed
   // tensor is missing, or when any file is malformed.
-  explicit HfCheckpoint(const std::string& dir);
+  explicit HfCheckpoint(const std::string& dir, bool in_memory = false);  // in_memory: see MappedFile
 
   const std::string& dir() const { return dir_; }
   const nlohmann::json& config() const { return config_; }

@@ -41,7 +41,8 @@ const char* safetensors_dtype_name(DType dtype) {
   }
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_unique<MappedFile>(path)) {
+SafetensorsFile::SafetensorsFile(const std::string& path, bool in_memory)
+    : file_(std::make_unique<MappedFile>(path, in_memory)) {
   const std::string& p = file_->path();
   const uint64_t size = file_->size();
   if (size < 8) fail(p, "truncated: " + std::to_string(size) + " bytes, shorter than the 8-byte header length");

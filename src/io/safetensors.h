@@ -21,7 +21,7 @@ inline constexpr uint64_t kSafetensorsMaxHeader = 100'000'000;  // as the offici
 
 class SafetensorsFile {
  public:
-  explicit SafetensorsFile(const std::string& path);
+  explicit SafetensorsFile(const std::string& path, bool in_memory = false);  // in_memory: see MappedFile
 
   const std::string& path() const { return file_->path(); }
   // Tensors in the order of their data in the file.

@@ -117,13 +117,13 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   std::error_code ec;
   if (!fs::exists(path, ec)) fail(path, "no such file or directory");
   if (fs::is_directory(path, ec)) {
-    m->hf_ = std::make_unique<HfCheckpoint>(path);
+    m->hf_ = std::make_unique<HfCheckpoint>(path, options.no_mmap);
     m->config_ = Config::from_hf(m->hf_->config(), path + "/config.json");
     m->bind_hf(*m->hf_);
     const std::string tok = m->hf_->tokenizer_model_path();
     if (!tok.empty()) m->tokenizer_ = std::make_unique<Tokenizer>(load_sentencepiece_model(tok));
   } else {
-    m->gguf_ = std::make_unique<GgufFile>(path);
+    m->gguf_ = std::make_unique<GgufFile>(path, options.no_mmap);
     m->config_ = Config::from_gguf(*m->gguf_);
     m->bind_gguf(*m->gguf_);
     m->tokenizer_ = std::make_unique<Tokenizer>(vocab_from_gguf(*m->gguf_));

@@ -17,7 +17,8 @@ class HfCheckpoint;
 
 struct LoadOptions {
   std::optional<int64_t> experts_per_token;  // overrides the config's top-k
-  bool prefetch = false;                     // read every page once after mapping (--no-mmap-style warm-up)
+  bool prefetch = false;                     // read every page once after mapping (--preload)
+  bool no_mmap = false;                      // read the files into memory instead of mapping them
 };
 
 class Model {

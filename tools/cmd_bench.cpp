@@ -1,0 +1,221 @@
+// `mixtral bench`: prompt processing (ppN) and generation (tgN) speed, like llama-bench.
+//
+// Prompts are random token ids drawn (seeded) from the vocabulary's normal pieces, not one token
+// repeated: a repeated token routes to the same experts every time and flatters an MoE model.
+// Each test runs -r times on a fresh KV cache; mean ± stddev of tokens/s is reported with the
+// weight traffic (decode, GB/s) or arithmetic rate (prefill, GFLOP/s) it implies, and the peak
+// resident memory. --measure-limits adds the machine's read bandwidth, so decode speed comes with
+// its ratio to the memory-bandwidth ceiling.
+#include <sys/resource.h>
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "cli_common.h"
+#include "core/thread_pool.h"
+
+namespace mixtral::cli {
+namespace {
+
+std::vector<int64_t> parse_list(const std::string& s, const char* flag) {
+  std::vector<int64_t> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    try {
+      size_t used = 0;
+      const int64_t v = std::stoll(item, &used);
+      if (used != item.size() || v < 0) throw std::invalid_argument(item);
+      out.push_back(v);
+    } catch (const std::exception&) {
+      fail(flag, "\"" + s + "\" is not a comma-separated list of non-negative integers");
+    }
+  }
+  return out;
+}
+
+std::vector<int32_t> random_tokens(const Tokenizer& tok, int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, tok.n_vocab() - 1);
+  std::vector<int32_t> out;
+  while (int64_t(out.size()) < n) {
+    const int32_t id = pick(rng);
+    if (!tok.is_control(id) && !tok.is_byte(id)) out.push_back(id);
+  }
+  return out;
+}
+
+double peak_rss_gib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / (1024.0 * 1024.0);
+}
+
+// Bytes of weights one decoded token reads: everything but the experts, plus k experts a layer.
+double bytes_per_token(const Model& m) {
+  const Config& c = m.config();
+  const Weights& w = m.weights();
+  double b = double(w.output.bytes()) + double(w.token_embd.row_bytes());
+  for (const auto& L : w.layers) {
+    b += double(L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes() + L.router.bytes());
+    const auto& e = L.experts[0];
+    b += double(e.w1.bytes() + e.w3.bytes() + e.w2.bytes()) * double(c.is_moe() ? c.n_experts_used : 1);
+  }
+  return b;
+}
+
+// Multiply-adds × 2 per prompt token through the active weights (attention scores excluded).
+// The embedding is a lookup, and the LM head runs for the last prompt token only.
+double flops_per_token(const Model& m) {
+  const Config& c = m.config();
+  return 2.0 * double(c.params_active() - 2 * c.vocab_size * c.dim);
+}
+
+// Read bandwidth of `threads` threads summing a 1 GiB buffer (best of 3).
+double measure_read_gbs(int threads) {
+  const size_t n = size_t(1) << 27;  // 2^27 doubles = 1 GiB
+  std::vector<double> buf(n, 1.0);
+  ThreadPool pool(threads);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<double> partial(size_t(threads), 0);
+    const auto t0 = Clock::now();
+    pool.run([&](int t, int nt) {
+      double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      const size_t b = n * size_t(t) / size_t(nt), e = n * size_t(t + 1) / size_t(nt);
+      for (size_t i = b; i + 4 <= e; i += 4) {
+        s0 += buf[i];
+        s1 += buf[i + 1];
+        s2 += buf[i + 2];
+        s3 += buf[i + 3];
+      }
+      partial[size_t(t)] = s0 + s1 + s2 + s3;
+    });
+    const double dt = seconds_since(t0);
+    double sum = 0;
+    for (double p : partial) sum += p;
+    if (sum < 0) std::fprintf(stderr, "?");  // keeps the reads
+    best = std::max(best, double(n * sizeof(double)) / dt / 1e9);
+  }
+  return best;
+}
+
+struct Result {
+  std::string test;
+  int threads;
+  int64_t n_prompt, n_gen;
+  std::vector<double> ts;  // tokens/s of each repetition
+  double mean() const {
+    double s = 0;
+    for (double v : ts) s += v;
+    return s / double(ts.size());
+  }
+  double stddev() const {
+    if (ts.size() < 2) return 0;
+    const double m = mean();
+    double s = 0;
+    for (double v : ts) s += (v - m) * (v - m);
+    return std::sqrt(s / double(ts.size() - 1));
+  }
+};
+
+struct BenchFlags {
+  ModelFlags model;
+  std::string prompts = "512", gens = "32", threads = "2", output = "md";
+  int reps = 3;
+  bool limits = false;
+};
+
+int run_bench(const BenchFlags& f) {
+  const auto t_load = Clock::now();
+  const auto model = f.model.load();
+  const double load_s = seconds_since(t_load);
+  const Config& c = model->config();
+  const Tokenizer& tok = model->tokenizer();
+  const auto pps = parse_list(f.prompts, "-p"), tgs = parse_list(f.gens, "-n"), ths = parse_list(f.threads, "-t");
+  if (f.reps < 1) fail("-r", "must be at least 1");
+  const double bpt = bytes_per_token(*model), fpt = flops_per_token(*model);
+
+  std::vector<Result> results;
+  for (int64_t threads : ths) {
+    if (threads < 1) fail("-t", "thread counts must be at least 1");
+    for (int64_t p : pps) {
+      if (p == 0) continue;
+      Result r{"pp" + std::to_string(p), int(threads), p, 0, {}};
+      for (int rep = 0; rep < f.reps; ++rep) {
+        Session s(*model, {p + 1, p, int(threads)});
+        const auto tokens = random_tokens(tok, p, uint64_t(rep) + 1);
+        const auto t0 = Clock::now();
+        s.eval(tokens);
+        r.ts.push_back(double(p) / seconds_since(t0));
+      }
+      results.push_back(r);
+    }
+    for (int64_t n : tgs) {
+      if (n == 0) continue;
+      Result r{"tg" + std::to_string(n), int(threads), 0, n, {}};
+      for (int rep = 0; rep < f.reps; ++rep) {
+        Session s(*model, {n + 2, 1, int(threads)});
+        const auto tokens = random_tokens(tok, n + 1, uint64_t(rep) + 100);
+        s.eval({tokens[0]});  // warm-up token, not timed
+        const auto t0 = Clock::now();
+        for (int64_t i = 1; i <= n; ++i) s.eval({tokens[size_t(i)]});
+        r.ts.push_back(double(n) / seconds_since(t0));
+      }
+      results.push_back(r);
+    }
+  }
+  const double rss = peak_rss_gib();  // before the bandwidth probe allocates its buffer
+  const double read_gbs = f.limits ? measure_read_gbs(int(ths.empty() ? 1 : ths.back())) : 0;
+
+  if (f.output == "json") {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& r : results) {
+      nlohmann::json j = {{"model", f.model.model}, {"test", r.test}, {"threads", r.threads}, {"n_prompt", r.n_prompt},
+                          {"n_gen", r.n_gen}, {"avg_ts", r.mean()}, {"stddev_ts", r.stddev()}, {"samples_ts", r.ts},
+                          {"mmap", !f.model.no_mmap}, {"peak_rss_gib", rss}};
+      if (r.n_gen) j["weight_gbs"] = r.mean() * bpt / 1e9;
+      if (r.n_prompt) j["gflops"] = r.mean() * fpt / 1e9;
+      if (read_gbs > 0) j["read_bandwidth_gbs"] = read_gbs;
+      out.push_back(j);
+    }
+    std::printf("%s\n", out.dump(1).c_str());
+    return 0;
+  }
+  std::printf("model: %s (%s; %s)\n", f.model.model.c_str(), model->format().c_str(), to_string(c).c_str());
+  std::printf("weights: %s; %s, loaded in %.1f s\n", model->dtype_summary().c_str(),
+              f.model.no_mmap ? "read into memory (--no-mmap)" : "memory-mapped", load_s);
+  std::printf("per decoded token: %.3f GB of weights read; per prompt token: %.2f GFLOP\n", bpt / 1e9, fpt / 1e9);
+  if (read_gbs > 0) std::printf("measured read bandwidth: %.1f GB/s -> decode ceiling %.1f tok/s\n", read_gbs, read_gbs * 1e9 / bpt);
+  std::printf("\n| test | threads | tokens/s | rate |\n|---|---|---|---|\n");
+  for (const auto& r : results) {
+    char rate[64];
+    if (r.n_gen) std::snprintf(rate, sizeof rate, "%.1f GB/s weights%s", r.mean() * bpt / 1e9, "");
+    else std::snprintf(rate, sizeof rate, "%.1f GFLOP/s", r.mean() * fpt / 1e9);
+    std::printf("| %s | %d | %.2f ± %.2f | %s |\n", r.test.c_str(), r.threads, r.mean(), r.stddev(), rate);
+  }
+  std::printf("\npeak resident memory: %.2f GiB\n", rss);
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Commands& commands) {
+  auto* cmd = app.add_subcommand("bench", "measure prompt-processing and generation speed (like llama-bench)");
+  auto f = std::make_shared<BenchFlags>();
+  cmd->add_option("-m,--model", f->model.model, "Hugging Face directory or .gguf file")->required();
+  cmd->add_option("-p,--n-prompt", f->prompts, "prompt lengths, comma-separated (0 = none)");
+  cmd->add_option("-n,--n-gen", f->gens, "generation lengths, comma-separated (0 = none)");
+  cmd->add_option("-t,--threads", f->threads, "thread counts, comma-separated");
+  cmd->add_option("-r,--repetitions", f->reps, "repetitions of each test");
+  cmd->add_option("-o,--output", f->output, "md or json")->check(CLI::IsMember({"md", "json"}));
+  cmd->add_option("--experts-per-token", f->model.experts_per_token, "override the router's top-k");
+  cmd->add_flag("--no-mmap", f->model.no_mmap, "read the model into memory (recommended: this VM evicts idle mapped pages)");
+  cmd->add_flag("--measure-limits", f->limits, "also measure the machine's read bandwidth");
+  commands.emplace_back(cmd, [f] { return run_bench(*f); });
+}
+
+}  // namespace mixtral::cli
