@@ -464,11 +464,13 @@ TEST(Matmul, BitwiseReproducible) {
       matmul(W.m, x.data(), T, y.data(), p2);
       expect_same(y.data(), "simd level");
     });
-    {  // one token per call
+    for_each_simd_level([&] {  // one token per call (the single-token kernels)
       std::vector<float> y(size_t(T * rows));
       for (int64_t i = 0; i < T; ++i) matmul(W.m, x.data() + i * K, 1, y.data() + i * rows, p2);
       expect_same(y.data(), "token by token");
-    }
+      for (int64_t i = 0; i < 5; ++i) matmul(W.m, x.data() + i * 5 * K, 5, y.data() + i * 5 * rows, p2);
+      expect_same(y.data(), "5 tokens at a time");  // (first 25 tokens; the rest from above)
+    });
     {  // x and y one float off, W 4 bytes off
       const TestMatrix Wm(t, rows, K, 99, 4);
       std::vector<float> xs(x.size() + 1), ys(size_t(T * rows) + 1);

@@ -127,6 +127,13 @@ DequantizeFn ref_fn(DType t) {
 #pragma GCC push_options
 #pragma GCC target("avx2,f16c,fma")
 
+// fp16 block scale via F16C (same value as f16_to_f32 for every non-NaN input; NaN stays NaN).
+inline float half_fast(const uint16_t& h) {
+  uint16_t v;
+  std::memcpy(&v, &h, 2);
+  return _cvtsh_ss(v);
+}
+
 // 8 bytes -> 8 int32 lanes
 inline __m256i u8x8(const uint8_t* p) {
   return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
@@ -151,7 +158,7 @@ void avx2_bf16(const uint8_t* src, float* dst, int64_t n) {
 void avx2_q8_0(const uint8_t* src, float* dst, int64_t n) {
   const auto* b = reinterpret_cast<const BlockQ8_0*>(src);
   for (int64_t i = 0; i < n / QK8_0; ++i, dst += QK8_0) {
-    const __m256 d = _mm256_set1_ps(half_at(b[i].d));
+    const __m256 d = _mm256_set1_ps(half_fast(b[i].d));
     for (int c = 0; c < 4; ++c) {
       const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b[i].qs + 8 * c)));
       _mm256_storeu_ps(dst + 8 * c, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
@@ -163,7 +170,7 @@ void avx2_q4_0(const uint8_t* src, float* dst, int64_t n) {
   const auto* b = reinterpret_cast<const BlockQ4_0*>(src);
   const __m256i mask = _mm256_set1_epi32(0xF), eight = _mm256_set1_epi32(8);
   for (int64_t i = 0; i < n / QK4_0; ++i, dst += QK4_0) {
-    const __m256 d = _mm256_set1_ps(half_at(b[i].d));
+    const __m256 d = _mm256_set1_ps(half_fast(b[i].d));
     for (int c = 0; c < 2; ++c) {
       const __m256i q = u8x8(b[i].qs + 8 * c);
       const __m256i lo = _mm256_sub_epi32(_mm256_and_si256(q, mask), eight);
@@ -178,7 +185,7 @@ void avx2_q4_K(const uint8_t* src, float* dst, int64_t n) {
   const auto* b = reinterpret_cast<const BlockQ4_K*>(src);
   const __m256i mask = _mm256_set1_epi32(0xF);
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    const float d = half_at(b[i].d), dmin = half_at(b[i].dmin);
+    const float d = half_fast(b[i].d), dmin = half_fast(b[i].dmin);
     const uint8_t* q = b[i].qs;
     for (int g = 0; g < 4; ++g, q += 32, dst += 64) {
       uint8_t sc, m;
@@ -201,7 +208,7 @@ void avx2_q6_K(const uint8_t* src, float* dst, int64_t n) {
   const auto* b = reinterpret_cast<const BlockQ6_K*>(src);
   const __m256i m4 = _mm256_set1_epi32(0xF), m2 = _mm256_set1_epi32(3), k32 = _mm256_set1_epi32(32);
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    const float d = half_at(b[i].d);
+    const float d = half_fast(b[i].d);
     const uint8_t* ql = b[i].ql;
     const uint8_t* qh = b[i].qh;
     const int8_t* sc = b[i].scales;
@@ -271,7 +278,7 @@ void avx512_bf16(const uint8_t* src, float* dst, int64_t n) {
 void avx512_q8_0(const uint8_t* src, float* dst, int64_t n) {
   const auto* b = reinterpret_cast<const BlockQ8_0*>(src);
   for (int64_t i = 0; i < n / QK8_0; ++i, dst += QK8_0) {
-    const __m512 d = _mm512_set1_ps(half_at(b[i].d));
+    const __m512 d = _mm512_set1_ps(half_fast(b[i].d));
     for (int c = 0; c < 2; ++c) {
       const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].qs + 16 * c)));
       _mm512_storeu_ps(dst + 16 * c, _mm512_mul_ps(_mm512_cvtepi32_ps(q), d));
@@ -279,37 +286,36 @@ void avx512_q8_0(const uint8_t* src, float* dst, int64_t n) {
   }
 }
 
+// 4-bit quants index a 16-entry table of their float values with vpermps (which reads the low 4
+// bits of each lane): table[i] = float(i - 8) * d is the very product the reference computes.
 void avx512_q4_0(const uint8_t* src, float* dst, int64_t n) {
   const auto* b = reinterpret_cast<const BlockQ4_0*>(src);
-  const __m512i mask = _mm512_set1_epi32(0xF), eight = _mm512_set1_epi32(8);
+  const __m512 values = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
   for (int64_t i = 0; i < n / QK4_0; ++i, dst += QK4_0) {
-    const __m512 d = _mm512_set1_ps(half_at(b[i].d));
+    const __m512 table = _mm512_mul_ps(values, _mm512_set1_ps(half_fast(b[i].d)));
     const __m512i q = u8x16(b[i].qs);
-    const __m512i lo = _mm512_sub_epi32(_mm512_and_si512(q, mask), eight);
-    const __m512i hi = _mm512_sub_epi32(_mm512_srli_epi32(q, 4), eight);
-    _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d));
-    _mm512_storeu_ps(dst + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d));
+    _mm512_storeu_ps(dst, _mm512_permutexvar_ps(q, table));                            // low nibbles
+    _mm512_storeu_ps(dst + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table));  // high
   }
 }
 
+// As Q4_0: table[i] = d1 * float(i) - m1, the reference's two roundings.
 void avx512_q4_K(const uint8_t* src, float* dst, int64_t n) {
   const auto* b = reinterpret_cast<const BlockQ4_K*>(src);
-  const __m512i mask = _mm512_set1_epi32(0xF);
+  const __m512 values = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    const float d = half_at(b[i].d), dmin = half_at(b[i].dmin);
+    const float d = half_fast(b[i].d), dmin = half_fast(b[i].dmin);
     const uint8_t* q = b[i].qs;
     for (int g = 0; g < 4; ++g, q += 32, dst += 64) {
       uint8_t sc, m;
       q4k_scale_min(2 * g, b[i].scales, &sc, &m);
-      const __m512 d1 = _mm512_set1_ps(d * sc), m1 = _mm512_set1_ps(dmin * m);
+      const __m512 t1 = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d * sc), values), _mm512_set1_ps(dmin * m));
       q4k_scale_min(2 * g + 1, b[i].scales, &sc, &m);
-      const __m512 d2 = _mm512_set1_ps(d * sc), m2 = _mm512_set1_ps(dmin * m);
+      const __m512 t2 = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d * sc), values), _mm512_set1_ps(dmin * m));
       for (int c = 0; c < 2; ++c) {
         const __m512i v = u8x16(q + 16 * c);
-        const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, mask));
-        const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
-        _mm512_storeu_ps(dst + 16 * c, _mm512_sub_ps(_mm512_mul_ps(d1, lo), m1));
-        _mm512_storeu_ps(dst + 32 + 16 * c, _mm512_sub_ps(_mm512_mul_ps(d2, hi), m2));
+        _mm512_storeu_ps(dst + 16 * c, _mm512_permutexvar_ps(v, t1));
+        _mm512_storeu_ps(dst + 32 + 16 * c, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t2));
       }
     }
   }
@@ -319,7 +325,7 @@ void avx512_q6_K(const uint8_t* src, float* dst, int64_t n) {
   const auto* b = reinterpret_cast<const BlockQ6_K*>(src);
   const __m512i m4 = _mm512_set1_epi32(0xF), m2 = _mm512_set1_epi32(3), k32 = _mm512_set1_epi32(32);
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    const float d = half_at(b[i].d);
+    const float d = half_fast(b[i].d);
     const uint8_t* ql = b[i].ql;
     const uint8_t* qh = b[i].qh;
     const int8_t* sc = b[i].scales;

@@ -15,8 +15,8 @@ namespace mixtral {
 
 // y[t][r] = sum_k W[r][k] * x[t][k] for t < n_tokens, r < W.rows  (y = x·Wᵀ, like nn.Linear).
 // x: [n_tokens][W.cols] float, y: [n_tokens][W.rows] float. Rows are split across the pool's
-// threads; each y element is computed by one thread in a fixed order (above).
-// Throws Error when W.cols is not a multiple of W's block size.
+// threads; each y element is computed by one thread in a fixed order (above). y must not overlap
+// x. Throws Error when W.cols is not a multiple of W's block size.
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
 // sum_i a[i] * b[i] (SIMD; same accumulation order as matmul's outputs).
