@@ -8,6 +8,8 @@ PACKAGES=(
   libgtest-dev                         # unit tests
   libcli11-dev                         # command line
   nlohmann-json3-dev                   # config.json, safetensors headers, test fixtures
+  libcpp-httplib-dev                   # mixtral serve
+  nodejs                               # the official openai client in the server tests
   python3 python3-numpy                # ../shared/fixtures generators (tests only)
 )
 

@@ -225,6 +225,7 @@ int cmd_quantize(const std::string& in, const std::string& out, const std::strin
 
 namespace mixtral::cli {
 void add_bench_command(CLI::App& app, Commands& commands);
+void add_serve_command(CLI::App& app, Commands& commands);
 }  // namespace mixtral::cli
 
 int main(int argc, char** argv) {
@@ -292,6 +293,7 @@ int main(int argc, char** argv) {
   // Commands that live in their own tools/cmd_*.cpp files register here.
   Commands commands;
   add_bench_command(app, commands);
+  add_serve_command(app, commands);
 
   try {
     app.parse(argc, argv);

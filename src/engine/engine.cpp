@@ -84,7 +84,7 @@ struct Engine::Impl {
     std::string held;             // decoded text not yet sent (could start a stop string)
     std::unordered_map<int32_t, int32_t> counts;  // generated token counts (penalties)
     Clock::time_point t_submit, t_last;
-    Seq(const Tokenizer& tok, const SamplerParams& p) : sampler(p), decoder(tok) {}
+    Seq(const Tokenizer& tok, const GenerationParams& p) : sampler(p.sampling), decoder(tok, !p.continuation) {}
   };
 
   Impl(const Model& m, const EngineOptions& o)
@@ -169,7 +169,7 @@ void Engine::Impl::admit() {
       r = queue.front();
       queue.pop_front();
     }
-    auto s = std::make_unique<Seq>(tok, r->params_.sampling);
+    auto s = std::make_unique<Seq>(tok, r->params_);
     s->req = r;
     s->t_submit = s->t_last = Clock::now();
     if (r->cancelled()) {

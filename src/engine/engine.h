@@ -44,6 +44,9 @@ struct GenerationParams {
   int top_logprobs = 0;         // 0..20: also report the n most likely tokens at each step
   bool logprobs = false;        // report the chosen token's log-probability
   bool ignore_eos = false;
+  // The output continues the prompt's text (completions): keep the first token's leading space.
+  // Off for chat, whose answer is a text of its own (SentencePiece drops its dummy-prefix space).
+  bool continuation = false;
 };
 
 struct TopLogprob {

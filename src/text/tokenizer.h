@@ -77,7 +77,10 @@ class Tokenizer {
 // feed(ids[0]) + ... + feed(ids[n-1]) + flush() == tok.decode(ids). `tok` must outlive it.
 class StreamDecoder {
  public:
-  explicit StreamDecoder(const Tokenizer& tok) : tok_(tok) {}
+  // at_text_start: the ids begin the text, so its leading ▁ is the dummy prefix and is dropped
+  // (as decode() does). false for a continuation of text already shown (a completion of a
+  // prompt), whose first piece's space is real.
+  explicit StreamDecoder(const Tokenizer& tok, bool at_text_start = true) : tok_(tok), is_bos_ws_(at_text_start) {}
   std::string feed(int32_t id);
   std::string flush();
 
