@@ -104,6 +104,32 @@ TEST(Formats, ConvertedPerExpertGgufMatchesLlamaCpp) {
   fs::remove(out);
 }
 
+// Our Q8_0/Q4_0 quantizers against llama-quantize: converting the HF checkpoint must give, for
+// every tensor, the bytes llama.cpp wrote into its GGUF files (q/k rows permuted alike).
+TEST(Formats, QuantizedBytesMatchLlamaCpp) {
+  REQUIRE_PATH(fixture("gguf/tiny-q4_0.gguf"));
+  const auto hf = Model::load(fixture("hf/tiny"));
+  for (const auto& [name, type] : {std::pair<std::string, DType>{"tiny-q8_0", DType::Q8_0}, {"tiny-q4_0", DType::Q4_0}}) {
+    ExportOptions o;
+    o.type = type;
+    const std::string out = temp(name + ".gguf");
+    export_gguf(*hf, out, o);
+    GgufFile ours(out), theirs(fixture("gguf/" + name + ".gguf"));
+    int compared = 0;
+    for (const RawTensor& t : theirs.tensors()) {
+      const RawTensor* mine = ours.find(t.name);
+      ASSERT_NE(mine, nullptr) << t.name;
+      EXPECT_EQ(mine->shape, t.shape) << t.name;
+      if (mine->dtype != t.dtype) continue;  // llama-quantize's per-tensor choices (attn_k/v, output in Q8_0)
+      ASSERT_EQ(mine->nbytes, t.nbytes) << t.name;
+      EXPECT_EQ(0, std::memcmp(mine->data, t.data, t.nbytes)) << name << ": " << t.name;
+      ++compared;
+    }
+    EXPECT_GE(compared, 16) << name;
+    fs::remove(out);
+  }
+}
+
 // Relative RMS difference between two matrices of the same shape, read through ref::dequantize_row.
 double matrix_rel_error(const Matrix& a, const Matrix& b) {
   std::vector<float> ra(static_cast<size_t>(a.cols)), rb(static_cast<size_t>(b.cols));
