@@ -10,7 +10,9 @@ PACKAGES=(
   nlohmann-json3-dev                   # config.json, safetensors headers, test fixtures
   libcpp-httplib-dev                   # mixtral serve
   nodejs                               # the official openai client in the server tests
+  libsentencepiece-dev                 # the tokenizer trainer of mixtral train
   python3 python3-numpy                # ../shared/fixtures generators (tests only)
+  python3-torch                        # the independent PyTorch reference of the training tests
 )
 
 missing=()
