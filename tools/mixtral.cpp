@@ -226,6 +226,9 @@ int cmd_quantize(const std::string& in, const std::string& out, const std::strin
 namespace mixtral::cli {
 void add_bench_command(CLI::App& app, Commands& commands);
 void add_serve_command(CLI::App& app, Commands& commands);
+void add_train_command(CLI::App& app, Commands& commands);
+void add_routes_command(CLI::App& app, Commands& commands);
+void add_perplexity_command(CLI::App& app, Commands& commands);
 }  // namespace mixtral::cli
 
 int main(int argc, char** argv) {
@@ -294,6 +297,9 @@ int main(int argc, char** argv) {
   Commands commands;
   add_bench_command(app, commands);
   add_serve_command(app, commands);
+  add_train_command(app, commands);
+  add_routes_command(app, commands);
+  add_perplexity_command(app, commands);
 
   try {
     app.parse(argc, argv);
