@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -26,6 +27,30 @@ inline double seconds_since(Clock::time_point t) { return std::chrono::duration<
 // `void add_NAME_command(CLI::App& app, Commands& commands)` and is listed in mixtral.cpp.
 using Commands = std::vector<std::pair<CLI::App*, std::function<int()>>>;
 
+// The embedded default model (models/default: the project's trained small SMoE), looked up
+// from the working directory and from the binary's location; "" when there is none.
+inline std::string default_model_path() {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> candidates = {"models/default"};
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    candidates.push_back(exe.parent_path() / ".." / "models" / "default");
+    candidates.push_back(exe.parent_path() / "models" / "default");
+  }
+  for (const auto& c : candidates)
+    if (fs::exists(c / "config.json", ec)) return fs::weakly_canonical(c, ec).string();
+  return "";
+}
+
+// -m MODEL, defaulting to the embedded model when it is there (required otherwise).
+inline void add_model_option(CLI::App* app, std::string& model) {
+  model = default_model_path();
+  auto* o = app->add_option("-m,--model", model, "Hugging Face directory or .gguf file" +
+                                                     (model.empty() ? std::string() : " (default: " + model + ")"));
+  if (model.empty()) o->required();
+}
+
 // Flags shared by the commands that load a model.
 struct ModelFlags {
   std::string model;
@@ -37,7 +62,7 @@ struct ModelFlags {
   bool no_mmap = false;
 
   void add(CLI::App* app, bool with_ctx = true) {
-    app->add_option("-m,--model", model, "Hugging Face directory or .gguf file")->required();
+    add_model_option(app, model);
     app->add_option("-t,--threads", threads, "threads (default: all cores)");
     if (with_ctx) app->add_option("-c,--ctx-size", ctx, "context size in tokens (KV cache), at most the model's");
     app->add_option("-b,--batch-size", batch, "most tokens per forward pass during prompt processing");

@@ -71,7 +71,7 @@ double bytes_per_token(const Model& m) {
 // The embedding is a lookup, and the LM head runs for the last prompt token only.
 double flops_per_token(const Model& m) {
   const Config& c = m.config();
-  return 2.0 * double(c.params_active() - 2 * c.vocab_size * c.dim);
+  return 2.0 * double(c.params_active() - (c.tied_embeddings ? 1 : 2) * c.vocab_size * c.dim);
 }
 
 // Read bandwidth of `threads` threads summing a 1 GiB buffer (best of 3).
@@ -206,7 +206,7 @@ int run_bench(const BenchFlags& f) {
 void add_bench_command(CLI::App& app, Commands& commands) {
   auto* cmd = app.add_subcommand("bench", "measure prompt-processing and generation speed (like llama-bench)");
   auto f = std::make_shared<BenchFlags>();
-  cmd->add_option("-m,--model", f->model.model, "Hugging Face directory or .gguf file")->required();
+  add_model_option(cmd, f->model.model);
   cmd->add_option("-p,--n-prompt", f->prompts, "prompt lengths, comma-separated (0 = none)");
   cmd->add_option("-n,--n-gen", f->gens, "generation lengths, comma-separated (0 = none)");
   cmd->add_option("-t,--threads", f->threads, "thread counts, comma-separated");

@@ -178,7 +178,7 @@ void print_config(const Config& c) {
             << human(c.params_active()) << " active per token (" << c.params_active() << ")\n";
 }
 
-int cmd_info(const std::string& model_path, const std::string& preset, int64_t experts_per_token) {
+int cmd_info(std::string model_path, const std::string& preset, int64_t experts_per_token) {
   if (!preset.empty()) {
     Config c = Config::preset(preset);
     if (experts_per_token > 0) {
@@ -189,6 +189,7 @@ int cmd_info(const std::string& model_path, const std::string& preset, int64_t e
     print_config(c);
     return 0;
   }
+  if (model_path.empty()) model_path = default_model_path();
   if (model_path.empty()) fail("info", "give -m MODEL or --preset NAME");
   LoadOptions o;
   if (experts_per_token > 0) o.experts_per_token = experts_per_token;

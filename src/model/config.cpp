@@ -52,6 +52,7 @@ Config Config::from_hf(const nlohmann::json& j, const std::string& where) {
   c.norm_eps = float(json_num(j, "rms_norm_eps", where, 1e-5));
   c.rope_theta = float(json_num(j, "rope_theta", where, 1e4));
   c.rope_style = RopeStyle::HalfSplit;
+  if (auto it = j.find("tie_word_embeddings"); it != j.end() && it->is_boolean()) c.tied_embeddings = it->get<bool>();
   c.bos_id = int32_t(json_int(j, "bos_token_id", where, 1));
   c.eos_id = int32_t(json_int(j, "eos_token_id", where, 2));
   c.validate(where);
@@ -155,7 +156,7 @@ int64_t Config::params_total() const {
   const int64_t experts = std::max<int64_t>(1, n_experts) * 3 * dim * ffn_dim;
   const int64_t router = n_experts * dim;
   const int64_t layer = attn + experts + router + 2 * dim;
-  return n_layers * layer + 2 * vocab_size * dim + dim;
+  return n_layers * layer + (tied_embeddings ? 1 : 2) * vocab_size * dim + dim;
 }
 
 int64_t Config::params_active() const {
@@ -163,7 +164,7 @@ int64_t Config::params_active() const {
   const int64_t experts = (is_moe() ? n_experts_used : 1) * 3 * dim * ffn_dim;
   const int64_t router = n_experts * dim;
   const int64_t layer = attn + experts + router + 2 * dim;
-  return n_layers * layer + 2 * vocab_size * dim + dim;
+  return n_layers * layer + (tied_embeddings ? 1 : 2) * vocab_size * dim + dim;
 }
 
 std::string to_string(const Config& c) {

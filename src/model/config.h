@@ -32,6 +32,7 @@ struct Config {
   float norm_eps = 1e-5f;
   float rope_theta = 1e6f;
   RopeStyle rope_style = RopeStyle::HalfSplit;
+  bool tied_embeddings = false;  // the LM head is the embedding matrix (no separate output weight)
   int32_t bos_id = 1;
   int32_t eos_id = 2;
 

@@ -150,6 +150,7 @@ void Model::bind_gguf(const GgufFile& g) {
   w.output_norm = b.vector("output_norm.weight", c.dim);
   // Some converters tie the LM head to the embedding and store no output.weight.
   w.output = b.has("output.weight") ? b.matrix("output.weight", c.vocab_size, c.dim) : w.token_embd;
+  config_.tied_embeddings = !b.has("output.weight");
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     LayerWeights L;
@@ -190,6 +191,7 @@ void Model::bind_hf(const HfCheckpoint& hf) {
   w.token_embd = b.matrix("model.embed_tokens.weight", c.vocab_size, c.dim);
   w.output_norm = b.vector("model.norm.weight", c.dim);
   w.output = b.has("lm_head.weight") ? b.matrix("lm_head.weight", c.vocab_size, c.dim) : w.token_embd;
+  config_.tied_embeddings = !b.has("lm_head.weight");
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights L;
