@@ -295,3 +295,20 @@ TEST(Cli, NoMmapGivesTheSameLogits) {
 }
 
 }  // namespace
+
+namespace {
+
+// The embedded default model (models/default) is what -m defaults to.
+TEST(Cli, DefaultModelGeneratesWithoutDashM) {
+  const std::string repo_model = fs::path(mixtral_bin()).parent_path().string() + "/../models/default";
+  REQUIRE_PATH(repo_model + "/config.json");
+  const Result r = run({"generate", "-p", "ROMEO:", "-n", "12", "--temp", "0"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_GT(r.out.size(), 10u);
+  const Result info = run({"info"});
+  ASSERT_EQ(info.status, 0) << info.err;
+  EXPECT_NE(info.out.find("experts:          8, top-2"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("9.7M total"), std::string::npos) << info.out;
+}
+
+}  // namespace
