@@ -92,7 +92,7 @@ int cmd_generate(const ModelFlags& mf, const PromptFlags& pf, const SampleFlags&
   if (ids_out) {
     std::cout << json_ids(generated) << "\n";
   } else {
-    std::cout << text.flush() << "\n";
+    std::cout << text.flush() << std::endl;  // before the timings on stderr
   }
   const double t_gen = seconds_since(t1);
   if (verbose)
@@ -149,7 +149,7 @@ int cmd_chat(const ModelFlags& mf, const SampleFlags& sf, const std::string& sys
       std::cout << text.feed(id) << std::flush;
       if (session.n_past() < session.n_ctx()) logits = session.eval({id});
     }
-    std::cout << text.flush() << "\n";
+    std::cout << text.flush() << std::endl;  // before the timings on stderr
     messages.push_back({"assistant", tok.decode(answer)});
   }
   return 0;
