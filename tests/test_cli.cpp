@@ -78,7 +78,7 @@ std::string write_bytes(const std::string& name, const std::string& bytes) {
 }
 
 TEST(Cli, HelpOnEveryCommand) {
-  for (const char* c : {"generate", "chat", "tokenize", "logits", "info", "quantize"}) {
+  for (const char* c : {"generate", "chat", "tokenize", "logits", "info", "quantize", "convert", "bench", "serve", "routes", "train", "perplexity"}) {
     const Result r = run({c, "--help"});
     EXPECT_EQ(r.status, 0) << c;
     EXPECT_NE(r.out.find("--"), std::string::npos) << c;
@@ -309,6 +309,32 @@ TEST(Cli, DefaultModelGeneratesWithoutDashM) {
   ASSERT_EQ(info.status, 0) << info.err;
   EXPECT_NE(info.out.find("experts:          8, top-2"), std::string::npos) << info.out;
   EXPECT_NE(info.out.find("9.7M total"), std::string::npos) << info.out;
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Cli, ConvertHfToGgufKeepsTheLogits) {
+  REQUIRE_PATH(fixture("hf/tiny"));
+  const std::string out = temp_path("tiny-f16.gguf");
+  const Result c = run({"convert", fixture("hf/tiny"), out});
+  ASSERT_EQ(c.status, 0) << c.err;
+  EXPECT_NE(c.err.find("100%"), std::string::npos) << c.err;  // the progress bar reached the end
+  const Result info = run({"info", "-m", out});
+  ASSERT_EQ(info.status, 0) << info.err;
+  EXPECT_NE(info.out.find("F16"), std::string::npos);
+  const std::string a = temp_path("hf.f32"), b = temp_path("gguf.f32");
+  ASSERT_EQ(run({"logits", "-m", fixture("hf/tiny"), "-p", "Converted weights.", "-o", a}).status, 0);
+  ASSERT_EQ(run({"logits", "-m", out, "-p", "Converted weights.", "-o", b}).status, 0);
+  const auto x = read_records<float>(a), y = read_records<float>(b);
+  ASSERT_EQ(x.size(), y.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
+    den += double(x[i]) * x[i];
+  }
+  EXPECT_LE(std::sqrt(num / den), 2e-3);  // F16 rounding of the weights only
 }
 
 }  // namespace

@@ -216,9 +216,15 @@ int cmd_quantize(const std::string& in, const std::string& out, const std::strin
   }
   o.per_expert_layout = per_expert;
   const auto t0 = Clock::now();
+  o.progress = [&](int64_t done, int64_t total) {
+    const int width = 24, filled = int(double(done) / double(total) * width);
+    std::fprintf(stderr, "\rquantize [%s%s] %3d%%  %.2fB / %.2fB parameters  %.0f s", std::string(size_t(filled), '#').c_str(),
+                 std::string(size_t(width - filled), '-').c_str(), int(100.0 * double(done) / double(total)), double(done) / 1e9,
+                 double(total) / 1e9, seconds_since(t0));
+  };
   const auto model = Model::load(in);
   export_gguf(*model, out, o);
-  std::fprintf(stderr, "wrote %s (%s) in %.1f s\n", out.c_str(), type.c_str(), seconds_since(t0));
+  std::fprintf(stderr, "\nwrote %s (%s) in %.1f s\n", out.c_str(), type.c_str(), seconds_since(t0));
   return 0;
 }
 
@@ -293,6 +299,14 @@ int main(int argc, char** argv) {
   quantize->add_option("output", q_out, "the .gguf file to write")->required();
   quantize->add_option("--type", q_type, "f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with Q6_K for attn_v/ffn_down/output), q6_k");
   quantize->add_flag("--per-expert", q_per_expert, "one tensor per expert (the early Mixtral GGUF layout)");
+  // convert: the same conversion, named for its common use (HF checkpoint -> GGUF, F16 by default).
+  auto* convert = app.add_subcommand("convert", "convert a Hugging Face checkpoint (or GGUF) to GGUF; same as quantize, default --type f16");
+  std::string c_in, c_out, c_type = "f16";
+  bool c_per_expert = false;
+  convert->add_option("input", c_in, "Hugging Face directory or .gguf file")->required();
+  convert->add_option("output", c_out, "the .gguf file to write")->required();
+  convert->add_option("--type", c_type, "as for quantize");
+  convert->add_flag("--per-expert", c_per_expert, "one tensor per expert (the early Mixtral GGUF layout)");
 
   // Commands that live in their own tools/cmd_*.cpp files register here.
   Commands commands;
@@ -314,6 +328,7 @@ int main(int argc, char** argv) {
     if (*logits) return cmd_logits(lmf, lpf, out_path);
     if (*info) return cmd_info(info_model, preset, info_k);
     if (*quantize) return cmd_quantize(q_in, q_out, q_type, q_per_expert);
+    if (*convert) return cmd_quantize(c_in, c_out, c_type, c_per_expert);
     for (auto& [sub, run] : commands)
       if (*sub) return run();
   } catch (const Error& e) {

@@ -1,5 +1,6 @@
 #include "model/export_gguf.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "io/gguf_writer.h"
@@ -77,10 +78,17 @@ void export_gguf(const Model& model, const std::string& path, const ExportOption
   g.set_u32("general.quantization_version", 2);
 
   const bool mix = o.k_quant_mix && o.type == DType::Q4_K;
+  const int64_t total = model.config().params_total();
+  int64_t done = 0;
+  auto converted = [&](const Matrix& m) {
+    done += m.rows * m.cols;
+    if (o.progress) o.progress(std::min(done, total), total);
+  };
   auto matrix = [&](const std::string& name, const Matrix& m, bool high_precision, bool permute_qk = false) {
     const DType t = fit_type(mix && high_precision ? DType::Q6_K : o.type, m.cols);
     std::vector<uint8_t> data;
     convert(m, t, permute_qk, c.head_dim, data);
+    converted(m);
     g.add_tensor(name, t, {m.rows, m.cols}, std::move(data));
   };
   auto vector = [&](const std::string& name, const std::vector<float>& x) {
@@ -129,11 +137,15 @@ void export_gguf(const Model& model, const std::string& path, const ExportOption
         const Matrix& first = L.experts[0].*part.m;
         const DType t = fit_type(mix && part.high ? DType::Q6_K : o.type, first.cols);
         std::vector<uint8_t> data;
-        for (const ExpertWeights& X : L.experts) convert(X.*part.m, t, false, c.head_dim, data);
+        for (const ExpertWeights& X : L.experts) {
+          convert(X.*part.m, t, false, c.head_dim, data);
+          converted(X.*part.m);
+        }
         g.add_tensor(p + part.name + ".weight", t, {c.n_experts, first.rows, first.cols}, std::move(data));
       }
     }
   }
+  if (o.progress) o.progress(total, total);  // norms and routers are not counted one by one
   g.write(path);
 }
 

@@ -1,6 +1,7 @@
 // Writing a loaded model (any format) as a GGUF file in llama.cpp's layout: `mixtral quantize`,
 // and tests that need the same weights in another type or tensor layout.
 #pragma once
+#include <functional>
 #include <string>
 
 #include "core/dtype.h"
@@ -16,6 +17,8 @@ struct ExportOptions {
   // instead of stacked (blk.N.ffn_gate_exps.weight).
   bool per_expert_layout = false;
   std::string name = "mixtral.cpp export";
+  // Called after each converted matrix with the parameters converted so far and in all.
+  std::function<void(int64_t done, int64_t total)> progress;
 };
 
 // Converts every matrix (dequantize → float32 → quantize with the reference quantizers) and
