@@ -52,15 +52,6 @@ RowDiff compare_row(const float* logits, int64_t n_vocab, const Top40& ref) {
   return d;
 }
 
-double rel_l2(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
-
 class Conformance : public ::testing::TestWithParam<ConformanceCase> {
  protected:
   void SetUp() override {

@@ -25,15 +25,6 @@ namespace {
 const char* kText = "The mixture of experts routes every token to two of its eight experts, and the paper "
                     "measured how often consecutive tokens pick the same one.";
 
-double rel_l2(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
-
 std::unique_ptr<Model> load_fixture(const std::string& rel, LoadOptions o = {}) {
   return Model::load(fixtures_dir() + "/" + rel, o);
 }

@@ -193,7 +193,7 @@ int run_bench(const BenchFlags& f) {
   std::printf("\n| test | threads | tokens/s | rate |\n|---|---|---|---|\n");
   for (const auto& r : results) {
     char rate[64];
-    if (r.n_gen) std::snprintf(rate, sizeof rate, "%.1f GB/s weights%s", r.mean() * bpt / 1e9, "");
+    if (r.n_gen) std::snprintf(rate, sizeof rate, "%.1f GB/s weights", r.mean() * bpt / 1e9);
     else std::snprintf(rate, sizeof rate, "%.1f GFLOP/s", r.mean() * fpt / 1e9);
     std::printf("| %s | %d | %.2f ± %.2f | %s |\n", r.test.c_str(), r.threads, r.mean(), r.stddev(), rate);
   }

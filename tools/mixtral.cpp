@@ -292,21 +292,22 @@ int main(int argc, char** argv) {
   info->add_option("--preset", preset, "a published configuration: mixtral-8x7b, mixtral-8x22b, mistral-7b");
   info->add_option("--experts-per-token", info_k, "override the router's top-k");
 
-  auto* quantize = app.add_subcommand("quantize", "convert a model (HF directory or GGUF) to a GGUF file of another type");
-  std::string q_in, q_out, q_type = "q8_0";
-  bool q_per_expert = false;
-  quantize->add_option("input", q_in, "Hugging Face directory or .gguf file")->required();
-  quantize->add_option("output", q_out, "the .gguf file to write")->required();
-  quantize->add_option("--type", q_type, "f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with Q6_K for attn_v/ffn_down/output), q6_k");
-  quantize->add_flag("--per-expert", q_per_expert, "one tensor per expert (the early Mixtral GGUF layout)");
-  // convert: the same conversion, named for its common use (HF checkpoint -> GGUF, F16 by default).
-  auto* convert = app.add_subcommand("convert", "convert a Hugging Face checkpoint (or GGUF) to GGUF; same as quantize, default --type f16");
-  std::string c_in, c_out, c_type = "f16";
-  bool c_per_expert = false;
-  convert->add_option("input", c_in, "Hugging Face directory or .gguf file")->required();
-  convert->add_option("output", c_out, "the .gguf file to write")->required();
-  convert->add_option("--type", c_type, "as for quantize");
-  convert->add_flag("--per-expert", c_per_expert, "one tensor per expert (the early Mixtral GGUF layout)");
+  // quantize and convert are one conversion; convert is its common use (HF -> GGUF, F16 by default).
+  struct ConvertFlags {
+    std::string in, out, type;
+    bool per_expert = false;
+  };
+  auto add_conversion = [&](const char* name, const char* help, ConvertFlags& f) {
+    auto* cmd = app.add_subcommand(name, help);
+    cmd->add_option("input", f.in, "Hugging Face directory or .gguf file")->required();
+    cmd->add_option("output", f.out, "the .gguf file to write")->required();
+    cmd->add_option("--type", f.type, "f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with Q6_K for attn_v/ffn_down/output), q6_k");
+    cmd->add_flag("--per-expert", f.per_expert, "one tensor per expert (the early Mixtral GGUF layout)");
+    return cmd;
+  };
+  ConvertFlags qf{"", "", "q8_0"}, cf{"", "", "f16"};
+  auto* quantize = add_conversion("quantize", "convert a model (HF directory or GGUF) to a GGUF file of another type", qf);
+  auto* convert = add_conversion("convert", "convert a Hugging Face checkpoint (or GGUF) to GGUF; quantize with --type f16 by default", cf);
 
   // Commands that live in their own tools/cmd_*.cpp files register here.
   Commands commands;
@@ -327,8 +328,8 @@ int main(int argc, char** argv) {
     if (*tokenize) return cmd_tokenize(tmf, tpf, no_bos, pieces);
     if (*logits) return cmd_logits(lmf, lpf, out_path);
     if (*info) return cmd_info(info_model, preset, info_k);
-    if (*quantize) return cmd_quantize(q_in, q_out, q_type, q_per_expert);
-    if (*convert) return cmd_quantize(c_in, c_out, c_type, c_per_expert);
+    if (*quantize) return cmd_quantize(qf.in, qf.out, qf.type, qf.per_expert);
+    if (*convert) return cmd_quantize(cf.in, cf.out, cf.type, cf.per_expert);
     for (auto& [sub, run] : commands)
       if (*sub) return run();
   } catch (const Error& e) {

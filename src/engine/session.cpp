@@ -7,7 +7,7 @@
 namespace mixtral {
 
 namespace {
-int64_t clamp_ctx(const Model& m, int64_t n_ctx) {
+int64_t ctx_or_max(const Model& m, int64_t n_ctx) {
   return n_ctx <= 0 ? m.config().max_context : n_ctx;  // KVCache rejects more than the model's maximum
 }
 int threads_or_default(int n) { return n > 0 ? n : ThreadPool::default_threads(); }
@@ -16,10 +16,10 @@ int threads_or_default(int n) { return n > 0 ? n : ThreadPool::default_threads()
 Session::Session(const Model& model, const SessionOptions& o)
     : model_(model),
       pool_(threads_or_default(o.n_threads)),
-      n_ctx_(clamp_ctx(model, o.n_ctx)),
+      n_ctx_(ctx_or_max(model, o.n_ctx)),
       kv_(KVCache::reserved(model.config(), 1, n_ctx_)),
-      state_(model.config(), std::max<int64_t>(1, std::min(o.n_batch, clamp_ctx(model, o.n_ctx))),
-             clamp_ctx(model, o.n_ctx), threads_or_default(o.n_threads)),
+      state_(model.config(), std::max<int64_t>(1, std::min(o.n_batch, ctx_or_max(model, o.n_ctx))),
+             ctx_or_max(model, o.n_ctx), threads_or_default(o.n_threads)),
       n_batch_(state_.max_tokens) {}
 
 const std::vector<float>& Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {

@@ -30,6 +30,7 @@ State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_thread
   slot_token.resize(T * k);
   token_slot.resize(T * k);
   expert_begin.resize(E + 1);
+  expert_fill.resize(E);
   ex_in.resize(T * k * c.dim);
   ex_h1.resize(T * k * c.ffn_dim);
   ex_h3.resize(T * k * c.ffn_dim);
@@ -120,14 +121,12 @@ void moe(const Config& c, const LayerWeights& L, int64_t layer, const Batch& b, 
   std::fill(s.expert_begin.begin(), s.expert_begin.end(), 0);
   for (int64_t i = 0; i < T * k; ++i) ++s.expert_begin[s.route_expert[i] + 1];
   for (int64_t e = 0; e < E; ++e) s.expert_begin[e + 1] += s.expert_begin[e];
-  std::vector<int64_t>& fill = s.expert_begin;  // advanced while filling, restored below
+  std::copy(s.expert_begin.begin(), s.expert_begin.begin() + E, s.expert_fill.begin());
   for (int64_t i = 0; i < T * k; ++i) {
-    const int64_t slot = fill[s.route_expert[i]]++;
+    const int64_t slot = s.expert_fill[s.route_expert[i]]++;
     s.slot_token[slot] = int32_t(i / k);
     s.token_slot[i] = int32_t(slot);
   }
-  for (int64_t e = E; e > 0; --e) fill[e] = fill[e - 1];
-  fill[0] = 0;
   pool.parallel_for(T * k, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
       std::memcpy(&s.ex_in[i * dim], &s.xn[s.slot_token[i] * dim], sizeof(float) * dim);

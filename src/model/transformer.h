@@ -38,6 +38,7 @@ struct State {
   std::vector<int32_t> slot_token;    // [T·k]  token of each slot, slots grouped by expert
   std::vector<int32_t> token_slot;    // [T][k] where each (token, rank) landed
   std::vector<int64_t> expert_begin;  // [n_experts + 1] slot range of each expert
+  std::vector<int64_t> expert_fill;   // [n_experts] next free slot of each expert while grouping
   std::vector<float> ex_in;           // [T·k][dim]   gathered inputs
   std::vector<float> ex_h1;           // [T·k][ffn]   w1 x, then silu(w1 x) ⊙ w3 x
   std::vector<float> ex_h3;           // [T·k][ffn]   w3 x
