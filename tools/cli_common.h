@@ -14,8 +14,10 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/memory.h"
 #include "engine/session.h"
 #include "model/model.h"
+#include "model/transformer.h"
 #include "sample/sampler.h"
 
 namespace mixtral::cli {
@@ -60,6 +62,24 @@ struct ModelFlags {
   int64_t experts_per_token = 0;
   bool preload = false;
   bool no_mmap = false;
+  std::string memory_budget;  // "" = offload only what does not fit in available memory
+  std::string cache_policy = "lfu", prefetch = "router";
+  int io_threads = 2;
+  int64_t kv_sequences = 1;  // sequences the command keeps in its KV cache (serve: --parallel)
+
+  // --memory-budget and the expert cache's knobs (every command that runs a model).
+  void add_memory_flags(CLI::App* app) {
+    app->add_option("--memory-budget", memory_budget,
+                    "memory the process may use, e.g. 20G or 300M: experts beyond it stay on disk and are read "
+                    "into a cache of expert slots (default: offload only when the model does not fit in available memory)");
+    app->add_option("--cache-policy", cache_policy, "expert cache replacement: lfu (decaying use counts) or lru")
+        ->check(CLI::IsMember({"lfu", "lru"}));
+    app->add_option("--prefetch", prefetch,
+                    "expert prefetch: router (next layer's router on the current state), previous (last token's experts), "
+                    "both, none")
+        ->check(CLI::IsMember({"router", "previous", "both", "none"}));
+    app->add_option("--io-threads", io_threads, "threads reading experts from disk")->check(CLI::Range(1, 16));
+  }
 
   void add(CLI::App* app, bool with_ctx = true) {
     add_model_option(app, model);
@@ -69,12 +89,22 @@ struct ModelFlags {
     app->add_option("--experts-per-token", experts_per_token, "override the router's top-k");
     app->add_flag("--preload", preload, "touch every weight page before running (no page faults later)");
     app->add_flag("--no-mmap", no_mmap, "read the model into memory instead of mapping it (pages cannot be evicted)");
+    add_memory_flags(app);
   }
   std::unique_ptr<Model> load() const {
     LoadOptions o;
     if (experts_per_token > 0) o.experts_per_token = experts_per_token;
     o.prefetch = preload;
     o.no_mmap = no_mmap;
+    if (!memory_budget.empty()) o.memory_budget = parse_size(memory_budget, "--memory-budget");
+    else o.auto_budget = true;
+    o.cache.policy = parse_cache_policy(cache_policy);
+    o.cache.prefetch = parse_prefetch_mode(prefetch);
+    o.cache.io_threads = io_threads;
+    o.runtime_bytes = [this](const Config& c) {
+      const int64_t n_ctx = ctx > 0 ? std::min(ctx, c.max_context) : std::min<int64_t>(4096, c.max_context);
+      return runtime_bytes_estimate(c, batch, n_ctx * kv_sequences, threads > 0 ? threads : ThreadPool::default_threads());
+    };
     return Model::load(model, o);
   }
   // The context to allocate: -c when given (an error past the model's maximum), else 4096.
@@ -86,6 +116,22 @@ struct ModelFlags {
   }
   SessionOptions session(int64_t n_ctx) const { return {n_ctx, batch, threads}; }
 };
+
+// One line on the expert cache (offloaded models only): hit rate, disk traffic, I/O stalls.
+inline std::string cache_summary(const Model& m) {
+  const ExpertCache* c = m.expert_cache();
+  if (!c) return "";
+  const ExpertCacheStats s = c->stats();
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "expert cache: %lld slots (%s, %s, prefetch %s): hit rate %.1f%% of %llu expert uses, %.1f MB read per "
+                "token, %.2f s stalled on I/O, prefetch accuracy %.1f%% of %llu",
+                static_cast<long long>(c->n_slots()), format_size(c->pool_bytes()).c_str(), name(c->options().policy),
+                name(c->options().prefetch), 100 * s.hit_rate(), static_cast<unsigned long long>(s.demanded),
+                s.bytes_per_token() / 1e6, s.stall_s, 100 * s.prefetch_accuracy(),
+                static_cast<unsigned long long>(s.prefetch_loads));
+  return buf;
+}
 
 // -p TEXT or -f FILE (read byte for byte).
 struct PromptFlags {

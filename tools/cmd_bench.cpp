@@ -8,6 +8,7 @@
 // its ratio to the memory-bandwidth ceiling.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -48,11 +49,7 @@ std::vector<int32_t> random_tokens(const Tokenizer& tok, int64_t n, uint64_t see
   return out;
 }
 
-double peak_rss_gib() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_maxrss) / (1024.0 * 1024.0);
-}
+double peak_rss_gib() { return double(peak_resident_bytes()) / double(1 << 30); }
 
 // Bytes of weights one decoded token reads: everything but the experts, plus k experts a layer.
 double bytes_per_token(const Model& m) {
@@ -108,6 +105,7 @@ struct Result {
   int threads;
   int64_t n_prompt, n_gen;
   std::vector<double> ts;  // tokens/s of each repetition
+  std::optional<ExpertCacheStats> cache;  // offloaded experts: over all repetitions of the test
   double mean() const {
     double s = 0;
     for (double v : ts) s += v;
@@ -130,21 +128,28 @@ struct BenchFlags {
 };
 
 int run_bench(const BenchFlags& f) {
+  const auto pps = parse_list(f.prompts, "-p"), tgs = parse_list(f.gens, "-n"), ths = parse_list(f.threads, "-t");
+  // What --memory-budget must leave room for: the largest test's KV cache and batch.
+  ModelFlags mf = f.model;
+  const auto largest = [](const std::vector<int64_t>& v) { return v.empty() ? 0 : *std::max_element(v.begin(), v.end()); };
+  mf.ctx = std::max(largest(pps) + 1, largest(tgs) + 2);
+  mf.batch = std::max<int64_t>(1, largest(pps));
   const auto t_load = Clock::now();
-  const auto model = f.model.load();
+  const auto model = mf.load();
   const double load_s = seconds_since(t_load);
   const Config& c = model->config();
   const Tokenizer& tok = model->tokenizer();
-  const auto pps = parse_list(f.prompts, "-p"), tgs = parse_list(f.gens, "-n"), ths = parse_list(f.threads, "-t");
   if (f.reps < 1) fail("-r", "must be at least 1");
   const double bpt = bytes_per_token(*model), fpt = flops_per_token(*model);
+  ExpertCache* cache = model->expert_cache();
 
   std::vector<Result> results;
   for (int64_t threads : ths) {
     if (threads < 1) fail("-t", "thread counts must be at least 1");
     for (int64_t p : pps) {
       if (p == 0) continue;
-      Result r{"pp" + std::to_string(p), int(threads), p, 0, {}};
+      Result r{"pp" + std::to_string(p), int(threads), p, 0, {}, {}};
+      if (cache) cache->reset_stats();
       for (int rep = 0; rep < f.reps; ++rep) {
         Session s(*model, {p + 1, p, int(threads)});
         const auto tokens = random_tokens(tok, p, uint64_t(rep) + 1);
@@ -152,19 +157,22 @@ int run_bench(const BenchFlags& f) {
         s.eval(tokens);
         r.ts.push_back(double(p) / seconds_since(t0));
       }
+      if (cache) r.cache = cache->stats();
       results.push_back(r);
     }
     for (int64_t n : tgs) {
       if (n == 0) continue;
-      Result r{"tg" + std::to_string(n), int(threads), 0, n, {}};
+      Result r{"tg" + std::to_string(n), int(threads), 0, n, {}, {}};
       for (int rep = 0; rep < f.reps; ++rep) {
         Session s(*model, {n + 2, 1, int(threads)});
         const auto tokens = random_tokens(tok, n + 1, uint64_t(rep) + 100);
         s.eval({tokens[0]});  // warm-up token, not timed
+        if (cache && rep == 0) cache->reset_stats();  // the cache's figures cover the timed tokens
         const auto t0 = Clock::now();
         for (int64_t i = 1; i <= n; ++i) s.eval({tokens[size_t(i)]});
         r.ts.push_back(double(n) / seconds_since(t0));
       }
+      if (cache) r.cache = cache->stats();
       results.push_back(r);
     }
   }
@@ -180,14 +188,30 @@ int run_bench(const BenchFlags& f) {
       if (r.n_gen) j["weight_gbs"] = r.mean() * bpt / 1e9;
       if (r.n_prompt) j["gflops"] = r.mean() * fpt / 1e9;
       if (read_gbs > 0) j["read_bandwidth_gbs"] = read_gbs;
+      if (r.cache) {
+        j["memory_budget"] = f.model.memory_budget.empty() ? "auto" : f.model.memory_budget;
+        j["expert_slots"] = cache->n_slots();
+        j["cache_policy"] = name(cache->options().policy);
+        j["prefetch"] = name(cache->options().prefetch);
+        j["cache_hit_rate"] = r.cache->hit_rate();
+        j["bytes_read_per_token"] = r.cache->bytes_per_token();
+        j["io_stall_s"] = r.cache->stall_s;
+        j["prefetch_accuracy"] = r.cache->prefetch_accuracy();
+        j["prefetch_loads"] = r.cache->prefetch_loads;
+      }
       out.push_back(j);
     }
     std::printf("%s\n", out.dump(1).c_str());
     return 0;
   }
   std::printf("model: %s (%s; %s)\n", f.model.model.c_str(), model->format().c_str(), to_string(c).c_str());
-  std::printf("weights: %s; %s, loaded in %.1f s\n", model->dtype_summary().c_str(),
-              f.model.no_mmap ? "read into memory (--no-mmap)" : "memory-mapped", load_s);
+  const std::string where = model->expert_cache()
+                                ? "non-experts in memory (" + format_size(model->resident_weight_bytes()) +
+                                      "), experts read from disk into the cache (--memory-budget " +
+                                      (f.model.memory_budget.empty() ? "auto" : f.model.memory_budget) + ")"
+                                : f.model.no_mmap ? "read into memory (--no-mmap)"
+                                                  : "memory-mapped";
+  std::printf("weights: %s; %s, loaded in %.1f s\n", model->dtype_summary().c_str(), where.c_str(), load_s);
   std::printf("per decoded token: %.3f GB of weights read; per prompt token: %.2f GFLOP\n", bpt / 1e9, fpt / 1e9);
   if (read_gbs > 0) std::printf("measured read bandwidth: %.1f GB/s -> decode ceiling %.1f tok/s\n", read_gbs, read_gbs * 1e9 / bpt);
   std::printf("\n| test | threads | tokens/s | rate |\n|---|---|---|---|\n");
@@ -196,6 +220,15 @@ int run_bench(const BenchFlags& f) {
     if (r.n_gen) std::snprintf(rate, sizeof rate, "%.1f GB/s weights", r.mean() * bpt / 1e9);
     else std::snprintf(rate, sizeof rate, "%.1f GFLOP/s", r.mean() * fpt / 1e9);
     std::printf("| %s | %d | %.2f ± %.2f | %s |\n", r.test.c_str(), r.threads, r.mean(), r.stddev(), rate);
+  }
+  if (cache) {
+    std::printf("\nexpert cache: %lld slots, %s, policy %s, prefetch %s\n\n", static_cast<long long>(cache->n_slots()),
+                format_size(cache->pool_bytes()).c_str(), name(cache->options().policy), name(cache->options().prefetch));
+    std::printf("| test | hit rate | MB read/token | I/O stall s | prefetch accuracy |\n|---|---|---|---|---|\n");
+    for (const auto& r : results)
+      std::printf("| %s | %.1f%% | %.1f | %.2f | %.1f%% of %llu |\n", r.test.c_str(), 100 * r.cache->hit_rate(),
+                  r.cache->bytes_per_token() / 1e6, r.cache->stall_s, 100 * r.cache->prefetch_accuracy(),
+                  static_cast<unsigned long long>(r.cache->prefetch_loads));
   }
   std::printf("\npeak resident memory: %.2f GiB\n", rss);
   return 0;
@@ -215,6 +248,7 @@ void add_bench_command(CLI::App& app, Commands& commands) {
   cmd->add_option("--experts-per-token", f->model.experts_per_token, "override the router's top-k");
   cmd->add_flag("--no-mmap", f->model.no_mmap, "read the model into memory (recommended: this VM evicts idle mapped pages)");
   cmd->add_flag("--measure-limits", f->limits, "also measure the machine's read bandwidth");
+  f->model.add_memory_flags(cmd);
   commands.emplace_back(cmd, [f] { return run_bench(*f); });
 }
 

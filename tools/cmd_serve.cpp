@@ -45,7 +45,9 @@ int cmd_serve(const ServeFlags& f) {
   if (f.max_body < 1) fail("--max-body", "must be positive");
   if (f.port < 0 || f.port > 65535) fail("--port", "must be 0..65535");
 
-  const auto model = f.model.load();
+  ModelFlags mf = f.model;
+  mf.kv_sequences = f.parallel;  // the KV cache --memory-budget must leave room for
+  const auto model = mf.load();
   if (!model->has_tokenizer()) fail(f.model.model, "has no tokenizer; the server needs one to read prompts");
 
   EngineOptions eo;

@@ -99,6 +99,7 @@ int cmd_generate(const ModelFlags& mf, const PromptFlags& pf, const SampleFlags&
     std::fprintf(stderr, "prompt: %zu tokens in %.2f s (%.1f tok/s); generated: %zu tokens in %.2f s (%.2f tok/s)\n",
                  prompt.size(), t_prompt, double(prompt.size()) / t_prompt, generated.size(), t_gen,
                  generated.empty() ? 0.0 : double(generated.size()) / t_gen);
+  if (verbose && model->expert_cache()) std::fprintf(stderr, "%s\n", cache_summary(*model).c_str());
   return 0;
 }
 

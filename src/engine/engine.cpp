@@ -372,8 +372,16 @@ void Engine::shutdown(bool finish) {
 }
 
 EngineMetrics Engine::metrics() const {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  return impl_->metrics;
+  EngineMetrics m;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    m = impl_->metrics;
+  }
+  if (const ExpertCache* cache = model_.expert_cache()) {
+    m.expert_cache = cache->stats();
+    m.expert_cache_slots = cache->n_slots();
+  }
+  return m;
 }
 
 }  // namespace mixtral

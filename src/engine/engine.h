@@ -110,6 +110,8 @@ struct EngineMetrics {
   uint64_t steps = 0;
   Histogram ttft, itl;                             // time to first token, inter-token latency
   std::vector<std::vector<uint64_t>> expert_tokens;  // [layer][expert]: tokens routed (all ranks)
+  std::optional<ExpertCacheStats> expert_cache;      // offloaded experts only
+  int64_t expert_cache_slots = 0;
 };
 
 class Engine {

@@ -94,6 +94,12 @@ const RawTensor* HfCheckpoint::find(const std::string& name) const {
   return it == by_name_.end() ? nullptr : it->second;
 }
 
+std::vector<const MappedFile*> HfCheckpoint::mappings() const {
+  std::vector<const MappedFile*> out;
+  for (const auto& f : files_) out.push_back(&f->file());
+  return out;
+}
+
 std::vector<std::string> HfCheckpoint::files() const {
   std::vector<std::string> out;
   for (const auto& f : files_) out.push_back(f->path());

@@ -27,6 +27,7 @@ class HfCheckpoint {
   const RawTensor* find(const std::string& name) const;  // nullptr when absent
   std::vector<const RawTensor*> tensors() const { return tensors_; }  // shard order, then file order
   std::vector<std::string> files() const;                // the safetensors files opened
+  std::vector<const MappedFile*> mappings() const;       // the same files, as mapped
   std::string tokenizer_model_path() const;              // dir/tokenizer.model, "" when absent
 
  private:

@@ -2,10 +2,13 @@
 
 #include <filesystem>
 #include <functional>
+#include <cstdlib>
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "core/direct_file.h"
 #include "core/error.h"
+#include "core/memory.h"
 #include "io/gguf.h"
 #include "io/hf_checkpoint.h"
 #include "kernels/dequant.h"
@@ -110,20 +113,40 @@ void for_each_matrix(const Weights& w, F f) {
 
 Model::~Model() = default;
 
+namespace {
+// Bytes of the files a checkpoint path names (a .gguf, or a directory's *.safetensors).
+uint64_t checkpoint_file_bytes(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) return fs::file_size(path, ec);
+  uint64_t n = 0;
+  for (const auto& e : fs::directory_iterator(path, ec))
+    if (e.path().extension() == ".safetensors") n += e.file_size(ec);
+  return n;
+}
+}  // namespace
+
 std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& options) {
   std::unique_ptr<Model> m(new Model());
   m->path_ = path;
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::exists(path, ec)) fail(path, "no such file or directory");
+  // With a budget the files stay mapped (only headers and metadata are read through the mapping).
+  std::optional<uint64_t> budget = options.memory_budget;
+  if (!budget && options.auto_budget) {
+    const uint64_t avail = memory_available() / 10 * 9;
+    if (avail > 0 && checkpoint_file_bytes(path) > avail) budget = avail;
+  }
+  const bool in_memory = options.no_mmap && !budget;
   if (fs::is_directory(path, ec)) {
-    m->hf_ = std::make_unique<HfCheckpoint>(path, options.no_mmap);
+    m->hf_ = std::make_unique<HfCheckpoint>(path, in_memory);
     m->config_ = Config::from_hf(m->hf_->config(), path + "/config.json");
     m->bind_hf(*m->hf_);
     const std::string tok = m->hf_->tokenizer_model_path();
     if (!tok.empty()) m->tokenizer_ = std::make_unique<Tokenizer>(load_sentencepiece_model(tok));
   } else {
-    m->gguf_ = std::make_unique<GgufFile>(path, options.no_mmap);
+    m->gguf_ = std::make_unique<GgufFile>(path, in_memory);
     m->config_ = Config::from_gguf(*m->gguf_);
     m->bind_gguf(*m->gguf_);
     m->tokenizer_ = std::make_unique<Tokenizer>(vocab_from_gguf(*m->gguf_));
@@ -138,8 +161,74 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   if (m->tokenizer_ && m->tokenizer_->n_vocab() != m->config_.vocab_size)
     fail(path, "tokenizer has " + std::to_string(m->tokenizer_->n_vocab()) + " pieces but the model's vocabulary is " +
                    std::to_string(m->config_.vocab_size));
+  if (budget) {
+    m->offload_experts(m->gguf_ ? std::vector<const MappedFile*>{&m->gguf_->file()} : m->hf_->mappings(), *budget,
+                       options);
+  }
   if (options.prefetch) m->prefetch();
   return m;
+}
+
+void Model::offload_experts(const std::vector<const MappedFile*>& files, uint64_t budget, const LoadOptions& o) {
+  const Config& c = config_;
+  if (!c.is_moe()) {
+    if (weight_bytes() > budget)
+      fail("--memory-budget", format_size(budget) + " is below the " + format_size(weight_bytes()) +
+                                  " of weights of this dense model (only experts can be offloaded)");
+    return;
+  }
+  // Which file, and where in it, a view into the mappings points.
+  std::vector<std::string> paths;
+  for (const MappedFile* f : files) paths.push_back(f->path());
+  auto locate = [&](const Matrix& m) {
+    for (size_t i = 0; i < files.size(); ++i)
+      if (m.data >= files[i]->data() && m.data + m.bytes() <= files[i]->data() + files[i]->size())
+        return ExpertLocation::Part{int(i), uint64_t(m.data - files[i]->data()), m};
+    fail(path_, "internal: a weight lies outside the checkpoint's files");
+  };
+
+  // What must stay resident: every matrix but the experts (the norms are already copies).
+  std::vector<Matrix*> resident = {&weights_.token_embd};
+  if (weights_.output.data != weights_.token_embd.data) resident.push_back(&weights_.output);
+  for (auto& L : weights_.layers)
+    for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.router}) resident.push_back(m);
+  uint64_t resident_bytes = 0;
+  for (const Matrix* m : resident) resident_bytes += DirectFile::span(0, m->bytes());
+
+  std::vector<std::vector<ExpertLocation>> where(size_t(c.n_layers));
+  for (int64_t l = 0; l < c.n_layers; ++l)
+    for (const ExpertWeights& e : weights_.layers[size_t(l)].experts)
+      where[size_t(l)].push_back({{locate(e.w1), locate(e.w3), locate(e.w2)}});
+  const uint64_t slot = ExpertCache::slot_bytes(where[0][0]);
+  const uint64_t runtime = o.runtime_bytes ? o.runtime_bytes(c) : 0;
+  constexpr uint64_t kOverhead = 64ull << 20;  // code, tokenizer, metadata pages, allocator slack
+  const uint64_t fixed = resident_bytes + runtime + kOverhead;
+  if (budget < fixed + slot)
+    fail("--memory-budget", format_size(budget) + " is too small: this model needs " + format_size(resident_bytes) +
+                                " of non-expert weights + " + format_size(runtime) + " for the KV cache and activations + " +
+                                format_size(kOverhead) + " overhead + at least one expert slot of " + format_size(slot) +
+                                " = " + format_size(fixed + slot));
+
+  // Read the resident weights into memory past the page cache, and point the views at them.
+  for (size_t i = 0; i < resident.size(); ++i) {
+    Matrix* m = resident[i];
+    const auto part = locate(*m);
+    const size_t span = DirectFile::span(part.offset, m->bytes());
+    void* buf = std::aligned_alloc(DirectFile::kAlign, span);
+    if (!buf) fail("--memory-budget", "cannot allocate " + format_size(span) + " for resident weights");
+    owned_.emplace_back(static_cast<uint8_t*>(buf), std::free);
+    DirectFile f(paths[size_t(part.file)]);
+    const uint8_t* data = f.read(part.offset, m->bytes(), owned_.back().get());
+    if (m == &weights_.token_embd && config_.tied_embeddings) weights_.output.data = data;
+    m->data = data;
+  }
+  for (auto& L : weights_.layers)
+    for (auto& e : L.experts) e.w1.data = e.w3.data = e.w2.data = nullptr;  // only through the cache now
+
+  ExpertCacheOptions co = o.cache;
+  const int64_t fit = int64_t((budget - fixed) / slot);
+  co.n_slots = co.n_slots > 0 ? std::min(co.n_slots, fit) : fit;  // a caller's cap (tests) only lowers it
+  experts_ = std::make_unique<ExpertCache>(paths, std::move(where), co);
 }
 
 void Model::bind_gguf(const GgufFile& g) {
@@ -236,9 +325,16 @@ std::string Model::dtype_summary() const {
 uint64_t Model::prefetch() const {
   uint64_t sum = 0;
   for_each_matrix(weights_, [&](const Matrix& m) {
-    for (size_t i = 0; i < m.bytes(); i += 4096) sum += m.data[i];
+    if (!m.empty())
+      for (size_t i = 0; i < m.bytes(); i += 4096) sum += m.data[i];
   });
   return sum;
+}
+
+size_t Model::resident_weight_bytes() const {
+  size_t n = 0;
+  for_each_matrix(weights_, [&](const Matrix& m) { n += m.empty() ? 0 : m.bytes(); });
+  return n;
 }
 
 size_t Model::weight_bytes() const {

@@ -2,11 +2,14 @@
 // open) and its Tokenizer. Loading understands Hugging Face directories and GGUF files and maps
 // their tensor names onto Weights; nothing else in the engine knows about file formats.
 #pragma once
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "model/config.h"
+#include "model/expert_cache.h"
 #include "model/weights.h"
 #include "text/tokenizer.h"
 
@@ -14,11 +17,23 @@ namespace mixtral {
 
 class GgufFile;
 class HfCheckpoint;
+class MappedFile;
 
 struct LoadOptions {
   std::optional<int64_t> experts_per_token;  // overrides the config's top-k
   bool prefetch = false;                     // read every page once after mapping (--preload)
   bool no_mmap = false;                      // read the files into memory instead of mapping them
+
+  // Experts out of memory (--memory-budget). With a budget, everything but the experts is read
+  // into memory and the experts go through an ExpertCache whose slots fill what the budget
+  // leaves after the resident weights and `runtime_bytes` (the KV cache and activations the
+  // caller will allocate). A budget too small for one expert slot is an Error.
+  std::optional<uint64_t> memory_budget;
+  // No explicit budget: offload only when the files do not fit in what the machine has
+  // available (budget: 90 % of MemAvailable); otherwise load as usual.
+  bool auto_budget = false;
+  std::function<uint64_t(const Config&)> runtime_bytes;
+  ExpertCacheOptions cache;  // policy, prefetch, I/O threads (n_slots is computed)
 };
 
 class Model {
@@ -40,11 +55,19 @@ class Model {
   size_t weight_bytes() const;
   // Reads every page of every weight once (so the first tokens do not wait on the disk).
   uint64_t prefetch() const;
+  // The expert cache when the experts are offloaded (their Matrix views in weights() are then
+  // empty: forward() gets them from here); nullptr when every weight is in memory. Its state is
+  // a resource shared by every forward pass, hence mutable through a const Model.
+  ExpertCache* expert_cache() const { return experts_.get(); }
+  // Bytes of weights held in memory (all of them, or all but the experts when offloaded).
+  size_t resident_weight_bytes() const;
 
  private:
   Model() = default;
   void bind_gguf(const GgufFile& g);
   void bind_hf(const HfCheckpoint& hf);
+  // Moves the non-expert weights into memory and hands the experts to an ExpertCache.
+  void offload_experts(const std::vector<const MappedFile*>& files, uint64_t budget, const LoadOptions& o);
 
   std::string path_;
   Config config_;
@@ -52,6 +75,8 @@ class Model {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<GgufFile> gguf_;
   std::unique_ptr<HfCheckpoint> hf_;
+  std::vector<std::unique_ptr<uint8_t, void (*)(void*)>> owned_;  // resident copies (offloading)
+  std::unique_ptr<ExpertCache> experts_;
 };
 
 }  // namespace mixtral

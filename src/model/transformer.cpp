@@ -31,13 +31,34 @@ State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_thread
   token_slot.resize(T * k);
   expert_begin.resize(E + 1);
   expert_fill.resize(E);
+  expert_order.reserve(E);
+  const size_t rows = std::min<size_t>(T * k, kExpertRows);
   ex_in.resize(T * k * c.dim);
-  ex_h1.resize(T * k * c.ffn_dim);
-  ex_h3.resize(T * k * c.ffn_dim);
+  ex_h1.resize(rows * c.ffn_dim);
+  ex_h3.resize(rows * c.ffn_dim);
   ex_out.resize(T * k * c.dim);
+  if (c.is_moe()) {
+    hint_x.resize(T * c.dim);
+    hint_logits.resize(T * E);
+    hint_expert.resize(T * k);
+    hint_weight.resize(T * k);
+    hint_count.resize(E);
+    hint_list.reserve(E);
+  }
   out_rows.reserve(T);
   out_x.resize(T * c.dim);
   logits.resize(T * c.vocab_size);
+}
+
+uint64_t runtime_bytes_estimate(const Config& c, int64_t max_tokens, int64_t kv_positions, int n_threads) {
+  const uint64_t T = uint64_t(max_tokens), k = uint64_t(c.is_moe() ? c.n_experts_used : 1);
+  const uint64_t E = uint64_t(c.is_moe() ? c.n_experts : 1), dim = uint64_t(c.dim);
+  const uint64_t floats = T * (7 * dim + 2 * uint64_t(c.q_dim()) + 2 * uint64_t(c.kv_dim()) + 2 * E + 2 * k * dim +
+                               uint64_t(c.vocab_size)) +
+                          std::min<uint64_t>(T * k, kExpertRows) * 2 * uint64_t(c.ffn_dim) +
+                          uint64_t(std::max(1, n_threads)) * uint64_t(kv_positions);
+  const uint64_t kv = 2 * uint64_t(c.n_layers) * uint64_t(kv_positions) * uint64_t(c.kv_dim());
+  return (floats + kv) * sizeof(float);
 }
 
 namespace {
@@ -53,6 +74,17 @@ void check_batch(const Config& c, const Batch& b, const KVCache& kv, const State
       fail("context", "position " + std::to_string(b.pos[t]) + " is past the sequence's KV capacity " +
                           std::to_string(kv.capacity(b.seq[t])));
   }
+}
+
+void rmsnorm_rows(const float* x, const std::vector<float>& w, float* out, int64_t n_rows, int64_t dim, float eps,
+                  ThreadPool& pool) {
+  pool.parallel_for(n_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) ops::rmsnorm(x + r * dim, w.data(), out + r * dim, dim, eps);
+  });
+}
+
+void add_rows(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
 // Grouped-query causal attention of every token of the batch over its own sequence.
@@ -98,11 +130,38 @@ void attention(const Config& c, const LayerWeights& L, int64_t layer, const Batc
   matmul(L.wo, s.att.data(), T, s.proj.data(), pool);  // [T][dim]
 }
 
+// Offloaded experts only: tells the cache which experts layer `target` will probably use, by
+// applying its router to the residual stream as it is now (s.x) and/or repeating the previous
+// pass's choice there (temporal locality), as the cache's prefetch mode says.
+void hint_experts(const Config& c, const LayerWeights& target, int64_t target_layer, int64_t T, State& s,
+                  ThreadPool& pool, ExpertCache& cache) {
+  const PrefetchMode mode = cache.options().prefetch;
+  if (mode == PrefetchMode::Router || mode == PrefetchMode::Both) {
+    const int64_t E = c.n_experts, k = c.n_experts_used;
+    rmsnorm_rows(s.x.data(), target.ffn_norm, s.hint_x.data(), T, c.dim, c.norm_eps, pool);
+    matmul(target.router, s.hint_x.data(), T, s.hint_logits.data(), pool);
+    route_top_k(s.hint_logits.data(), T, E, k, s.hint_expert.data(), s.hint_weight.data());
+    // The guessed experts, most tokens first.
+    std::fill(s.hint_count.begin(), s.hint_count.end(), 0);
+    for (int64_t i = 0; i < T * k; ++i) ++s.hint_count[s.hint_expert[i]];
+    s.hint_list.clear();
+    for (int32_t e = 0; e < E; ++e)
+      if (s.hint_count[e] > 0) s.hint_list.push_back(e);
+    std::stable_sort(s.hint_list.begin(), s.hint_list.end(),
+                     [&](int32_t a, int32_t b) { return s.hint_count[a] > s.hint_count[b]; });
+    cache.prefetch(target_layer, s.hint_list);
+  }
+  if (mode == PrefetchMode::Previous || mode == PrefetchMode::Both)
+    cache.prefetch(target_layer, cache.previous(target_layer));
+}
+
 // Sparse mixture of experts: route each token to its top-k experts, run every expert once on
-// all the tokens routed to it, combine the outputs with the routing weights.
+// all the tokens routed to it, combine the outputs with the routing weights. With offloaded
+// experts (`cache`), the chosen experts are demanded first, the next layer's are hinted, and
+// the experts run in the order they become available.
 //   in: s.xn [T][dim]   out: s.proj [T][dim]
-void moe(const Config& c, const LayerWeights& L, int64_t layer, const Batch& b, State& s, ThreadPool& pool,
-         RoutingObserver* observer) {
+void moe(const Config& c, const LayerWeights& L, const LayerWeights* next, int64_t layer, const Batch& b, State& s,
+         ThreadPool& pool, RoutingObserver* observer, ExpertCache* cache) {
   const int64_t T = b.size(), dim = c.dim, ffn = c.ffn_dim;
   const int64_t E = c.is_moe() ? c.n_experts : 1, k = c.is_moe() ? c.n_experts_used : 1;
 
@@ -133,16 +192,26 @@ void moe(const Config& c, const LayerWeights& L, int64_t layer, const Batch& b, 
   });
 
   // 3. Run each chosen expert once over all its tokens: SwiGLU, w2 · (silu(w1 x) ⊙ w3 x).
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t first = s.expert_begin[e], n = s.expert_begin[e + 1] - first;
-    if (n == 0) continue;  // sparsity: an expert nobody chose is never touched
-    const ExpertWeights& X = L.experts[e];
-    matmul(X.w1, &s.ex_in[first * dim], n, &s.ex_h1[first * ffn], pool);  // [n][ffn]
-    matmul(X.w3, &s.ex_in[first * dim], n, &s.ex_h3[first * ffn], pool);  // [n][ffn]
-    pool.parallel_for(n, [&](int64_t i0, int64_t i1) {
-      ops::silu_mul(&s.ex_h1[(first + i0) * ffn], &s.ex_h3[(first + i0) * ffn], (i1 - i0) * ffn);
-    });
-    matmul(X.w2, &s.ex_h1[first * ffn], n, &s.ex_out[first * dim], pool);  // [n][dim]
+  //    Sparsity: an expert nobody chose is never touched (nor loaded).
+  s.expert_order.clear();
+  for (int32_t e = 0; e < E; ++e)
+    if (s.expert_begin[e + 1] > s.expert_begin[e]) s.expert_order.push_back(e);
+  if (cache) {
+    cache->demand(layer, s.expert_order);  // misses start loading; order: resident first
+    if (next) hint_experts(c, *next, layer + 1, T, s, pool, *cache);
+  }
+  for (const int32_t e : s.expert_order) {
+    const ExpertWeights& X = cache ? cache->acquire(layer, e) : L.experts[e];
+    for (int64_t first = s.expert_begin[e]; first < s.expert_begin[e + 1]; first += kExpertRows) {
+      const int64_t n = std::min(kExpertRows, s.expert_begin[e + 1] - first);
+      matmul(X.w1, &s.ex_in[first * dim], n, s.ex_h1.data(), pool);  // [n][ffn]
+      matmul(X.w3, &s.ex_in[first * dim], n, s.ex_h3.data(), pool);  // [n][ffn]
+      pool.parallel_for(n, [&](int64_t i0, int64_t i1) {
+        ops::silu_mul(&s.ex_h1[i0 * ffn], &s.ex_h3[i0 * ffn], (i1 - i0) * ffn);
+      });
+      matmul(X.w2, s.ex_h1.data(), n, &s.ex_out[first * dim], pool);  // [n][dim]
+    }
+    if (cache) cache->release(layer, e);
   }
 
   // 4. Combine, in rank order: proj[t] = Σ_r weight[t][r] · out[slot(t, r)].
@@ -153,17 +222,6 @@ void moe(const Config& c, const LayerWeights& L, int64_t layer, const Batch& b, 
       for (int64_t r = 0; r < k; ++r) ops::axpy(s.route_weight[t * k + r], &s.ex_out[s.token_slot[t * k + r] * dim], y, dim);
     }
   });
-}
-
-void rmsnorm_rows(const float* x, const std::vector<float>& w, float* out, int64_t n_rows, int64_t dim, float eps,
-                  ThreadPool& pool) {
-  pool.parallel_for(n_rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) ops::rmsnorm(x + r * dim, w.data(), out + r * dim, dim, eps);
-  });
-}
-
-void add_rows(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
 }  // namespace
@@ -179,13 +237,20 @@ void forward(const Model& model, const Batch& b, KVCache& kv, State& s, ThreadPo
     for (int64_t t = t0; t < t1; ++t) dequantize_row(w.token_embd.dtype, w.token_embd.row(b.token[t]), &s.x[t * dim], dim);
   });
 
+  ExpertCache* cache = model.expert_cache();
+  if (cache) {
+    cache->begin_forward(T);
+    hint_experts(c, w.layers[0], 0, T, s, pool, *cache);
+  }
+
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& L = w.layers[l];
+    const LayerWeights* next = l + 1 < c.n_layers ? &w.layers[l + 1] : nullptr;
     rmsnorm_rows(s.x.data(), L.attn_norm, s.xn.data(), T, dim, c.norm_eps, pool);
     attention(c, L, l, b, kv, s, pool);
     add_rows(s.x.data(), s.proj.data(), T * dim);  // h = x + attention(norm(x))
     rmsnorm_rows(s.x.data(), L.ffn_norm, s.xn.data(), T, dim, c.norm_eps, pool);
-    moe(c, L, l, b, s, pool, observer);
+    moe(c, L, next, l, b, s, pool, observer, cache);
     add_rows(s.x.data(), s.proj.data(), T * dim);  // out = h + moe(norm(h))
   }
 

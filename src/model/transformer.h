@@ -17,6 +17,10 @@
 
 namespace mixtral {
 
+// Expert FFNs run over at most this many (token, rank) rows at a time, which bounds the
+// [rows][ffn] hidden buffers (results do not depend on it: the matmuls are batch-invariant).
+inline constexpr int64_t kExpertRows = 128;
+
 struct State {
   State(const Config& c, int64_t max_tokens, int64_t max_ctx, int n_threads);
 
@@ -39,15 +43,28 @@ struct State {
   std::vector<int32_t> token_slot;    // [T][k] where each (token, rank) landed
   std::vector<int64_t> expert_begin;  // [n_experts + 1] slot range of each expert
   std::vector<int64_t> expert_fill;   // [n_experts] next free slot of each expert while grouping
+  std::vector<int32_t> expert_order;  // the chosen experts, in the order they run
   std::vector<float> ex_in;           // [T·k][dim]   gathered inputs
-  std::vector<float> ex_h1;           // [T·k][ffn]   w1 x, then silu(w1 x) ⊙ w3 x
-  std::vector<float> ex_h3;           // [T·k][ffn]   w3 x
+  std::vector<float> ex_h1;           // [kExpertRows][ffn]   w1 x, then silu(w1 x) ⊙ w3 x
+  std::vector<float> ex_h3;           // [kExpertRows][ffn]   w3 x
   std::vector<float> ex_out;          // [T·k][dim]   w2 h
+  // Offloaded experts: the next layer's router applied to the current residual stream, to
+  // prefetch the experts it will probably choose.
+  std::vector<float> hint_x;          // [T][dim]
+  std::vector<float> hint_logits;     // [T][n_experts]
+  std::vector<int32_t> hint_expert;   // [T][k]
+  std::vector<float> hint_weight;     // [T][k]
+  std::vector<int64_t> hint_count;    // [n_experts] tokens guessed for each expert
+  std::vector<int32_t> hint_list;     // [n_experts] the guessed experts, most tokens first
 
   std::vector<int32_t> out_rows;  // tokens whose logits were asked for
   std::vector<float> out_x;       // [n_out][dim]
   std::vector<float> logits;      // [n_out][vocab]  forward()'s result
 };
+
+// An upper estimate of what a forward pass needs besides the weights: a State for batches of
+// `max_tokens` and a KV cache of `kv_positions` positions in all (--memory-budget's reserve).
+uint64_t runtime_bytes_estimate(const Config& c, int64_t max_tokens, int64_t kv_positions, int n_threads);
 
 // Runs the batch through the model, writing K/V of every token into `kv` and the logits of
 // the tokens marked in batch.logits into state.logits (in batch order). Tokens of one sequence

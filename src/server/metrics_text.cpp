@@ -80,6 +80,26 @@ std::string render_metrics(const EngineMetrics& m, const HttpCounts& http) {
       out += "mixtral_expert_tokens_total{layer=\"" + std::to_string(l) + "\",expert=\"" + std::to_string(e) + "\"} " +
              std::to_string(m.expert_tokens[l][e]) + "\n";
 
+  if (const auto& c = m.expert_cache) {  // offloaded experts (--memory-budget)
+    const Scalar cache[] = {
+        {"mixtral_expert_cache_slots", "gauge", "Expert slots in the cache.", double(m.expert_cache_slots)},
+        {"mixtral_expert_cache_demanded_total", "counter", "Expert uses the forward pass asked for.", double(c->demanded)},
+        {"mixtral_expert_cache_hits_total", "counter", "Expert uses found in a slot.", double(c->hits)},
+        {"mixtral_expert_cache_loads_total", "counter", "Experts read from disk (demand and prefetch).", double(c->loads)},
+        {"mixtral_expert_cache_prefetch_loads_total", "counter", "Experts loaded as prefetch.", double(c->prefetch_loads)},
+        {"mixtral_expert_cache_prefetch_used_total", "counter", "Prefetched experts used before eviction.",
+         double(c->prefetch_used)},
+        {"mixtral_expert_cache_read_bytes_total", "counter", "Expert bytes read from disk.", double(c->bytes_read)},
+        {"mixtral_expert_cache_stall_seconds_total", "counter", "Time the forward pass waited for expert reads.",
+         c->stall_s},
+        {"mixtral_expert_cache_tokens_total", "counter", "Tokens run through the forward pass.", double(c->tokens)},
+    };
+    for (const Scalar& s : cache) {
+      header(out, s.name, s.type, s.help);
+      out += std::string(s.name) + " " + num(s.value) + "\n";
+    }
+  }
+
   header(out, "mixtral_http_responses_total", "counter", "HTTP responses by route and status.");
   for (const auto& [key, n] : http)
     out += "mixtral_http_responses_total{route=\"" + key.first + "\",status=\"" + std::to_string(key.second) + "\"} " +
