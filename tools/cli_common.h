@@ -65,6 +65,7 @@ struct ModelFlags {
   std::string memory_budget;  // "" = offload only what does not fit in available memory
   std::string cache_policy = "lfu", prefetch = "router";
   int io_threads = 2;
+  int64_t expert_slots = 0;  // caps the cache's slots (experiments: "a quarter of the experts")
   int64_t kv_sequences = 1;  // sequences the command keeps in its KV cache (serve: --parallel)
 
   // --memory-budget and the expert cache's knobs (every command that runs a model).
@@ -79,6 +80,9 @@ struct ModelFlags {
                     "both, none")
         ->check(CLI::IsMember({"router", "previous", "both", "none"}));
     app->add_option("--io-threads", io_threads, "threads reading experts from disk")->check(CLI::Range(1, 16));
+    app->add_option("--expert-slots", expert_slots,
+                    "at most this many experts in memory (with --memory-budget; default: what the budget holds)")
+        ->check(CLI::PositiveNumber);
   }
 
   void add(CLI::App* app, bool with_ctx = true) {
@@ -101,6 +105,8 @@ struct ModelFlags {
     o.cache.policy = parse_cache_policy(cache_policy);
     o.cache.prefetch = parse_prefetch_mode(prefetch);
     o.cache.io_threads = io_threads;
+    o.cache.n_slots = expert_slots;
+    if (expert_slots > 0 && !o.memory_budget) fail("--expert-slots", "needs --memory-budget");
     o.runtime_bytes = [this](const Config& c) {
       const int64_t n_ctx = ctx > 0 ? std::min(ctx, c.max_context) : std::min<int64_t>(4096, c.max_context);
       return runtime_bytes_estimate(c, batch, n_ctx * kv_sequences, threads > 0 ? threads : ThreadPool::default_threads());

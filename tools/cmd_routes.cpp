@@ -277,6 +277,13 @@ int cmd_routes(const RoutesFlags& f) {
       std::printf(", largest JSD between domains %.4f (split-half noise %.4f)", div.max_pairwise, noise);
     std::printf("\n");
   }
+  // Expert caching (--memory-budget): what the measured locality predicts for a per-layer LRU
+  // cache, next to what the engine's cache did when one was in use.
+  std::printf("expert cache predicted by temporal locality (per-layer LRU, this text):");
+  for (int64_t m = 1; m < c.n_experts; ++m)
+    std::printf(" %lld/%lld per layer: %.1f%%%s", (long long)m, (long long)c.n_experts,
+                100 * analysis::lru_hit_rate(trace, m), m + 1 < c.n_experts ? "," : "\n");
+  if (model->expert_cache()) std::printf("%s\n", cache_summary(*model).c_str());
   for (const auto& w : written) std::printf("wrote %s\n", w.c_str());
   return 0;
 }

@@ -186,4 +186,28 @@ LayerDivergence layer_divergence(const RoutingStats& s, int64_t layer) {
   return d;
 }
 
+double lru_hit_rate(const RouteTrace& trace, int64_t slots_per_layer) {
+  if (trace.rows() == 0 || slots_per_layer <= 0) return 0;
+  // Per layer, the cached experts, most recently used last.
+  std::vector<std::vector<uint16_t>> cached(size_t(trace.n_layers));
+  int64_t hits = 0, uses = 0;
+  for (int64_t row = 0; row < trace.rows(); ++row)
+    for (int64_t l = 0; l < trace.n_layers; ++l) {
+      auto& c = cached[size_t(l)];
+      const uint16_t* e = trace.experts_at(row, l);
+      for (int64_t r = 0; r < trace.k; ++r) {
+        ++uses;
+        const auto it = std::find(c.begin(), c.end(), e[r]);
+        if (it != c.end()) {
+          ++hits;
+          c.erase(it);
+        } else if (int64_t(c.size()) == slots_per_layer) {
+          c.erase(c.begin());
+        }
+        c.push_back(e[r]);
+      }
+    }
+  return double(hits) / double(uses);
+}
+
 }  // namespace mixtral::analysis

@@ -84,6 +84,12 @@ Rates uniform_baselines(int64_t n_experts, int64_t k);
 // 1 − C(n−j, j)/C(n, j): two independent uniformly random j-subsets of n share an element.
 double random_sets_intersect(int64_t n, int64_t j);
 
+// What temporal locality predicts for an expert cache (--memory-budget): the hit rate of a
+// per-layer LRU cache holding `slots_per_layer` experts of each layer, replaying the trace's
+// decisions token by token in evaluation order (every top-k use is one access). Uniform,
+// independent routing would give slots_per_layer / n_experts.
+double lru_hit_rate(const RouteTrace& trace, int64_t slots_per_layer);
+
 // counts / (sum of counts); all NaN when the sum is 0.
 std::vector<double> shares(const std::vector<int64_t>& counts);
 // Jensen–Shannon divergence in bits; NaN if either is NaN.
