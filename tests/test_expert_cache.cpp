@@ -23,9 +23,11 @@ namespace {
 const char* kText = "Consecutive tokens often pick the same expert, so a cache of experts that keeps the recent "
                     "ones and guesses the next layer's from its router reads little from the disk.";
 
-LoadOptions offload(int64_t n_slots, CachePolicy policy = CachePolicy::LFU, PrefetchMode prefetch = PrefetchMode::Router) {
+LoadOptions offload(int64_t n_slots, CachePolicy policy = CachePolicy::LFU, PrefetchMode prefetch = PrefetchMode::Router,
+                    bool fill = false) {
   LoadOptions o;
   o.memory_budget = uint64_t(1) << 30;  // ample: the slot count is capped below
+  o.fill_cache = fill;
   o.cache.n_slots = n_slots;
   o.cache.policy = policy;
   o.cache.prefetch = prefetch;
@@ -69,7 +71,8 @@ void expect_offloading_exact(const std::string& rel) {
   for (int64_t slots : {int64_t(1), int64_t(2), c.n_layers, all / 2, all}) {
     for (CachePolicy p : {CachePolicy::LRU, CachePolicy::LFU}) {
       for (PrefetchMode f : {PrefetchMode::None, PrefetchMode::Router, PrefetchMode::Previous, PrefetchMode::Both}) {
-        const auto m = Model::load(path, offload(slots, p, f));
+        const bool fill = p == CachePolicy::LFU;  // starting full or empty
+        const auto m = Model::load(path, offload(slots, p, f, fill));
         ASSERT_NE(m->expert_cache(), nullptr);
         EXPECT_EQ(m->expert_cache()->n_slots(), slots);
         const std::string what = rel + " slots=" + std::to_string(slots) + " " + name(p) + " prefetch=" + name(f);
@@ -108,6 +111,7 @@ TEST(ExpertCache, CountersAddUp) {
     const auto m = Model::load(path, offload(1000, CachePolicy::LFU, PrefetchMode::None));
     ExpertCache& cache = *m->expert_cache();
     EXPECT_EQ(cache.n_slots(), m->config().n_layers * m->config().n_experts);  // capped at all experts
+    EXPECT_EQ(cache.stats().loads, 0u);  // not filled while loading
     Session s(*m, {64, 8, 2});
     s.eval(tokens);
     const auto first = cache.stats();
@@ -137,6 +141,20 @@ TEST(ExpertCache, CountersAddUp) {
     EXPECT_EQ(st.bytes_read, st.loads * expert_bytes);
     EXPECT_NEAR(st.bytes_per_token(), double(st.bytes_read) / double(tokens.size()), 1e-9);
   }
+}
+
+TEST(ExpertCache, FillingAtLoadMakesTheFirstPassHit) {
+  const std::string path = fixtures_dir() + "/gguf/tiny-q4_0.gguf";
+  REQUIRE_PATH(path);
+  const auto m = Model::load(path, offload(1000, CachePolicy::LFU, PrefetchMode::None, /*fill=*/true));
+  ExpertCache& cache = *m->expert_cache();
+  EXPECT_EQ(cache.stats().loads, 0u);  // the fill is not counted
+  Session s(*m, {64, 8, 2});
+  s.eval({1, 415, 2936, 302, 9977});
+  const auto st = cache.stats();
+  EXPECT_GT(st.demanded, 0u);
+  EXPECT_EQ(st.hits, st.demanded);
+  EXPECT_EQ(st.loads, 0u);
 }
 
 TEST(ExpertCache, BudgetBelowResidentWeightsIsAClearError) {

@@ -105,6 +105,32 @@ int32_t ExpertCache::victim_locked() const {
   return best;
 }
 
+void ExpertCache::fill() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (int64_t i = 0; i < int64_t(slots_.size()); ++i) {
+      const int64_t layer = i % n_layers_, e = (i / n_layers_) % n_experts_;
+      if (entries_[size_t(index(layer, int32_t(e)))].state == State::Absent)
+        prefetch_queue_.push_back({index(layer, int32_t(e)), n_layers_});  // layer past the last: never stale
+    }
+  }
+  io_wake_.notify_all();
+  std::unique_lock<std::mutex> lk(mu_);
+  ready_.wait(lk, [&] {
+    if (!error_.empty() || !prefetch_queue_.empty()) return !error_.empty();
+    for (const Entry& en : entries_)
+      if (en.state == State::Loading) return false;
+    return true;
+  });
+  if (!error_.empty()) throw Error(error_);
+  for (Entry& en : entries_) {
+    en.prefetched = false;
+    en.count = 0;
+    en.last_use = 0;
+  }
+  stats_ = {};
+}
+
 void ExpertCache::begin_forward(int64_t n_tokens) {
   std::lock_guard<std::mutex> lk(mu_);
   ++clock_;

@@ -89,6 +89,11 @@ class ExpertCache {
   size_t pool_bytes() const { return pool_bytes_; }
   const ExpertCacheOptions& options() const { return options_; }
 
+  // Fills every slot before the first token (experts of every layer in turn, so each layer
+  // starts with the same share), as loading a model would; returns when the reads are done.
+  // The statistics start after it.
+  void fill();
+
   // A forward pass over `n_tokens` tokens begins (advances the policy's clock).
   void begin_forward(int64_t n_tokens);
   // The experts of `layer` the router chose, in any order; rewritten in the order to compute

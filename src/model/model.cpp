@@ -229,6 +229,7 @@ void Model::offload_experts(const std::vector<const MappedFile*>& files, uint64_
   const int64_t fit = int64_t((budget - fixed) / slot);
   co.n_slots = co.n_slots > 0 ? std::min(co.n_slots, fit) : fit;  // a caller's cap (tests) only lowers it
   experts_ = std::make_unique<ExpertCache>(paths, std::move(where), co);
+  if (o.fill_cache) experts_->fill();
 }
 
 void Model::bind_gguf(const GgufFile& g) {

@@ -34,6 +34,7 @@ struct LoadOptions {
   bool auto_budget = false;
   std::function<uint64_t(const Config&)> runtime_bytes;
   ExpertCacheOptions cache;  // policy, prefetch, I/O threads (n_slots is computed)
+  bool fill_cache = true;    // read experts into every slot while loading
 };
 
 class Model {
