@@ -79,14 +79,15 @@ void add_make_model_command(CLI::App& app, Commands& commands) {
       "make-model",
       "write a random-weight model of a published shape as GGUF, one tensor at a time (memory: one tensor)");
   cmd->footer(
-      "Weights: uniform draws with the stds of ../shared/fixtures/gen_mixtral.py (0.02 for matrices, 1 + 0.05x "
-      "for norms, router logits of std ~5.66), from a counter-based hash of (seed, tensor, row, column): the "
-      "same bytes for a seed whatever the thread count. Experts are stacked (blk.N.ffn_*_exps) as llama.cpp "
-      "writes them; the tokenizer is embedded.\n"
-      "Example (the offloading benchmark's model, 26.4 GB):\n"
+      "Weights: uniform draws with the stds of ../shared/fixtures/gen_mixtral.py (0.02 for matrices,\n"
+      "1 + 0.05x for norms, router logits of std ~5.66) from a counter-based hash of (seed, tensor, row,\n"
+      "column): the same bytes for a seed whatever the thread count; fewer --layers/--experts give the\n"
+      "first layers/experts of the full model. Experts are stacked (blk.N.ffn_*_exps) as llama.cpp writes\n"
+      "them; the tokenizer is embedded. q4_k uses ggml's reference quantizer: ~35x slower (~1.5 h for 8x7B).\n"
+      "Example (the offloading benchmark's model: 26.3 GB, ~2.5 min on 2 cores):\n"
       "  mixtral make-model --preset mixtral-8x7b --type q4_0 -o mixtral-8x7b-q4_0.gguf");
   auto f = std::make_shared<MakeModelFlags>();
-  cmd->add_option("--preset", f->preset, "tiny, mixtral-8x7b, mixtral-8x22b, mistral-7b")->capture_default_str();
+  cmd->add_option("--preset", f->preset, "mixtral-8x7b, mixtral-8x22b, mistral-7b, or tiny (the test fixtures' shape)")->capture_default_str();
   cmd->add_option("--type", f->type, "weight type: q4_0, q4_k, q8_0, q6_k, bf16, f16, f32 (norms and routers stay F32)")
       ->capture_default_str();
   cmd->add_option("--layers", f->layers, "layers (default: the preset's)");
