@@ -66,8 +66,11 @@ class OutFile {
     const int fd = fileno(f_);
     const off_t now = ftello(f_);
     if (started_ > dropped_) {
-      sync_file_range(fd, dropped_, started_ - dropped_,
-                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      // Advice only, except that a failed writeback (EIO, ENOSPC) is reported here.
+      if (sync_file_range(fd, dropped_, started_ - dropped_,
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0 &&
+          (errno == EIO || errno == ENOSPC))
+        fail(path_, std::string("write failed: ") + std::strerror(errno));
       posix_fadvise(fd, dropped_, started_ - dropped_, POSIX_FADV_DONTNEED);
       dropped_ = started_;
     }
