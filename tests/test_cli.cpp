@@ -78,7 +78,7 @@ std::string write_bytes(const std::string& name, const std::string& bytes) {
 }
 
 TEST(Cli, HelpOnEveryCommand) {
-  for (const char* c : {"generate", "chat", "tokenize", "logits", "info", "quantize", "convert", "bench", "serve", "routes", "train", "perplexity"}) {
+  for (const char* c : {"generate", "chat", "tokenize", "logits", "info", "quantize", "convert", "bench", "serve", "routes", "train", "perplexity", "make-model"}) {
     const Result r = run({c, "--help"});
     EXPECT_EQ(r.status, 0) << c;
     EXPECT_NE(r.out.find("--"), std::string::npos) << c;
@@ -335,6 +335,46 @@ TEST(Cli, ConvertHfToGgufKeepsTheLogits) {
     den += double(x[i]) * x[i];
   }
   EXPECT_LE(std::sqrt(num / den), 2e-3);  // F16 rounding of the weights only
+}
+
+TEST(Cli, MakeModelWritesALoadableModel) {
+  REQUIRE_PATH(shared_dir() + "/tokenizers/tokenizer.model.v1");
+  const std::string out = temp_path("made.gguf");
+  const Result r = run({"make-model", "--preset", "tiny", "--layers", "1", "--experts", "4", "--type", "q8_0",
+                        "--tokenizer", shared_dir() + "/tokenizers/tokenizer.model.v1", "-t", "1", "-o", out});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("100%"), std::string::npos) << r.err;  // the progress bar reached the end
+  EXPECT_NE(r.err.find("wrote " + out), std::string::npos) << r.err;
+  const Result info = run({"info", "-m", out});
+  ASSERT_EQ(info.status, 0) << info.err;
+  EXPECT_NE(info.out.find("layers:           1"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("experts:          4, top-2"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("Q8_0"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("32000 pieces"), std::string::npos) << info.out;
+  const Result gen = run({"generate", "-m", out, "-p", "Hello", "-n", "4", "--temp", "0", "--ids", "--ignore-eos"});
+  ASSERT_EQ(gen.status, 0) << gen.err;
+  EXPECT_EQ(nlohmann::json::parse(gen.out).size(), 4u);
+}
+
+TEST(BadInput, MakeModelArguments) {
+  const std::string tok = shared_dir() + "/tokenizers/tokenizer.model.v1";
+  REQUIRE_PATH(tok);
+  const std::string out = temp_path("never.gguf");
+  auto make = [&](std::vector<std::string> args) {
+    std::vector<std::string> a = {"make-model", "-o", out};
+    a.insert(a.end(), args.begin(), args.end());
+    return run(a);
+  };
+  expect_clean_error(make({"--preset", "mixtral-9x9b", "--tokenizer", tok}), {"--preset", "mixtral-9x9b"});
+  expect_clean_error(make({"--preset", "tiny", "--type", "q3_k", "--tokenizer", tok}), {"--type", "q3_k"});
+  expect_clean_error(make({"--preset", "tiny", "--tokenizer", temp_path("no-such.model")}), {"no-such.model"});
+  expect_clean_error(make({"--preset", "mistral-7b", "--experts", "4", "--tokenizer", tok}), {"--experts", "dense"});
+  expect_clean_error(make({"--preset", "tiny", "--layers", "-1", "--tokenizer", tok}), {"--layers"});
+  // mixtral-8x22b has 32768 pieces: the 32000-piece tokenizer does not fit (found before writing).
+  expect_clean_error(make({"--preset", "mixtral-8x22b", "--layers", "1", "--tokenizer", tok}),
+                     {"32000 pieces", "32768"});
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_NE(run({"make-model", "--preset", "tiny"}).status, 0);  // -o is required
 }
 
 }  // namespace

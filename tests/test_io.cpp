@@ -667,6 +667,21 @@ TEST_P(GgufRoundTrip, ByteIdentical) {
   for (const RawTensor& t : src.tensors()) r.add_tensor(t.name, t.dtype, t.shape, t.data, t.nbytes);
   r.write(out);
   EXPECT_TRUE(read_bytes(out) == a);
+
+  // So does the producer path: each tensor made during write(), once, in file order.
+  GgufWriter p;
+  for (const std::string& k : src.keys()) p.copy_kv(src, k);
+  std::vector<std::string> produced;
+  for (const RawTensor& t : src.tensors())
+    p.add_tensor(t.name, t.dtype, t.shape, t.nbytes, [&produced, &t](uint8_t* dst) {
+      produced.push_back(t.name);
+      std::memcpy(dst, t.data, t.nbytes);
+    });
+  EXPECT_TRUE(produced.empty());
+  p.write(out);
+  EXPECT_TRUE(read_bytes(out) == a);
+  ASSERT_EQ(produced.size(), src.tensors().size());
+  for (size_t i = 0; i < produced.size(); ++i) EXPECT_EQ(produced[i], src.tensors()[i].name);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GgufRoundTrip,
@@ -724,6 +739,19 @@ TEST(GgufWriter, RejectsBadTensors) {
   expect_error([&] { w.set_alignment(48); }, where, "power of two");
   expect_error([&] { w.set_i32("general.alignment", 64); }, where, "uint32");
   expect_error([&] { w.write("/nonexistent-dir/x.gguf"); }, "/nonexistent-dir/x.gguf", "cannot create");
+  expect_error([&] { w.add_tensor("y", DType::F32, {1}, 4, GgufWriter::Producer()); }, where, "no producer");
+  expect_error([&] { w.add_tensor("y", DType::F32, {2}, 4, [](uint8_t*) {}); }, where, "needs 8");
+}
+
+TEST(GgufWriter, FailingProducerLeavesNoFile) {
+  TempDir dir;
+  const std::string p = dir.file("w.gguf");
+  GgufWriter w;
+  w.add_tensor("a", DType::F32, {4}, 16, [](uint8_t* dst) { std::memset(dst, 0, 16); });
+  w.add_tensor("b", DType::F32, {4}, 16, [](uint8_t*) { mixtral::fail("producer", "out of ideas"); });
+  expect_error([&] { w.write(p); }, "producer", "out of ideas");
+  EXPECT_FALSE(fs::exists(p));
+  EXPECT_FALSE(fs::exists(p + ".tmp"));
 }
 
 // ============================================================================================

@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -24,6 +25,17 @@ namespace mixtral::cli {
 
 using Clock = std::chrono::steady_clock;
 inline double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// A one-line progress bar on stderr for the commands that make billions of parameters
+// (quantize, convert, make-model): "LABEL [####----] 42%  1.23B / 46.70B parameters  12 s".
+inline std::function<void(int64_t, int64_t)> parameter_progress(const std::string& label, Clock::time_point t0) {
+  return [label, t0](int64_t done, int64_t total) {
+    const int width = 24, filled = int(double(done) / double(total) * width);
+    std::fprintf(stderr, "\r%s [%s%s] %3d%%  %.2fB / %.2fB parameters  %.0f s", label.c_str(),
+                 std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '-').c_str(),
+                 int(100.0 * double(done) / double(total)), double(done) / 1e9, double(total) / 1e9, seconds_since(t0));
+  };
+}
 
 // A subcommand and what runs when it is chosen. Each tools/cmd_NAME.cpp defines
 // `void add_NAME_command(CLI::App& app, Commands& commands)` and is listed in mixtral.cpp.

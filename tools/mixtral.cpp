@@ -217,12 +217,7 @@ int cmd_quantize(const std::string& in, const std::string& out, const std::strin
   }
   o.per_expert_layout = per_expert;
   const auto t0 = Clock::now();
-  o.progress = [&](int64_t done, int64_t total) {
-    const int width = 24, filled = int(double(done) / double(total) * width);
-    std::fprintf(stderr, "\rquantize [%s%s] %3d%%  %.2fB / %.2fB parameters  %.0f s", std::string(size_t(filled), '#').c_str(),
-                 std::string(size_t(width - filled), '-').c_str(), int(100.0 * double(done) / double(total)), double(done) / 1e9,
-                 double(total) / 1e9, seconds_since(t0));
-  };
+  o.progress = parameter_progress("quantize", t0);
   const auto model = Model::load(in);
   export_gguf(*model, out, o);
   std::fprintf(stderr, "\nwrote %s (%s) in %.1f s\n", out.c_str(), type.c_str(), seconds_since(t0));
@@ -237,6 +232,7 @@ void add_serve_command(CLI::App& app, Commands& commands);
 void add_train_command(CLI::App& app, Commands& commands);
 void add_routes_command(CLI::App& app, Commands& commands);
 void add_perplexity_command(CLI::App& app, Commands& commands);
+void add_make_model_command(CLI::App& app, Commands& commands);
 }  // namespace mixtral::cli
 
 int main(int argc, char** argv) {
@@ -317,6 +313,7 @@ int main(int argc, char** argv) {
   add_train_command(app, commands);
   add_routes_command(app, commands);
   add_perplexity_command(app, commands);
+  add_make_model_command(app, commands);
 
   try {
     app.parse(argc, argv);

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fcntl.h>
 #include <filesystem>
 #include <unordered_set>
 
@@ -57,6 +58,26 @@ class OutFile {
     static const uint8_t z[256] = {};
     for (; n > 0; n -= std::min(n, sizeof(z))) write(z, std::min(n, sizeof(z)));
   }
+  // Starts writing back what was written since the last call, waits for the part before it
+  // (written back while the caller made the next tensor) and drops that from the page cache.
+  void drop_behind() {
+#ifdef __linux__
+    if (std::fflush(f_) != 0) fail(path_, std::string("write failed: ") + std::strerror(errno));
+    const int fd = fileno(f_);
+    const off_t now = ftello(f_);
+    if (started_ > dropped_) {
+      // Advice only, except that a failed writeback (EIO, ENOSPC) is reported here.
+      if (sync_file_range(fd, dropped_, started_ - dropped_,
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0 &&
+          (errno == EIO || errno == ENOSPC))
+        fail(path_, std::string("write failed: ") + std::strerror(errno));
+      posix_fadvise(fd, dropped_, started_ - dropped_, POSIX_FADV_DONTNEED);
+      dropped_ = started_;
+    }
+    sync_file_range(fd, started_, now - started_, SYNC_FILE_RANGE_WRITE);
+    started_ = now;
+#endif
+  }
   void close() {
     const int rc = std::fclose(f_);
     f_ = nullptr;
@@ -66,6 +87,7 @@ class OutFile {
  private:
   std::string path_;
   std::FILE* f_ = nullptr;
+  off_t started_ = 0, dropped_ = 0;  // drop_behind(): writeback started up to, dropped up to
 };
 
 }  // namespace
@@ -182,7 +204,7 @@ GgufWriter::Tensor& GgufWriter::add(const std::string& name, DType dtype,
   if (nbytes != expect)
     fail(kWhere, what + ": " + std::to_string(nbytes) + " bytes given, " + info.name + " " +
                      shape_str(shape) + " needs " + std::to_string(expect));
-  tensors_.push_back({name, dtype, shape, nullptr, nbytes, {}});
+  tensors_.push_back({name, dtype, shape, nullptr, nbytes, {}, {}});
   return tensors_.back();
 }
 
@@ -197,6 +219,12 @@ void GgufWriter::add_tensor(const std::string& name, DType dtype, const std::vec
   Tensor& t = add(name, dtype, shape, data.size());
   t.owned = std::move(data);
   t.data = t.owned.data();
+}
+
+void GgufWriter::add_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                            size_t nbytes, Producer produce) {
+  if (!produce) fail(kWhere, "tensor " + name + ": no producer");
+  add(name, dtype, shape, nbytes).produce = std::move(produce);
 }
 
 void GgufWriter::write(const std::string& path) const {
@@ -226,10 +254,19 @@ void GgufWriter::write(const std::string& path) const {
   try {
     OutFile out(tmp);
     out.write(h.data(), h.size());
+    std::vector<uint8_t> produced;  // the one buffer every produced tensor passes through
     for (const Tensor& t : tensors_) {
-      out.write(t.data, t.nbytes);
+      const uint8_t* data = t.data;
+      if (t.produce) {
+        produced.resize(t.nbytes);
+        t.produce(produced.data());
+        data = produced.data();
+      }
+      out.write(data, t.nbytes);
       out.zeros(size_t(pad_to(t.nbytes, alignment_) - t.nbytes));
+      if (drop_behind_) out.drop_behind();
     }
+    if (drop_behind_) out.drop_behind();  // the last tensor too
     out.close();
     std::error_code ec;
     std::filesystem::rename(tmp, path, ec);

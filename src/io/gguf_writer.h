@@ -6,9 +6,12 @@
 // Costs: the header (KVs + tensor infos) is built in memory; tensor data is streamed from the
 // caller's buffers to the file. add_tensor(..., const void* data, ...) REFERENCES the data: the
 // caller keeps it alive and unchanged until write() returns. The std::vector overload takes
-// ownership instead (for data produced on the fly, e.g. by a quantizer).
+// ownership instead (for data produced on the fly, e.g. by a quantizer). The Producer overload
+// makes the data during write(), one tensor at a time, into one buffer the writer reuses: a
+// file of any size is written holding only its largest produced tensor in memory.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -54,6 +57,15 @@ class GgufWriter {
                   const void* data, size_t nbytes);  // referenced until write()
   void add_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                   std::vector<uint8_t> data);  // owned
+  // Fills dst[0, nbytes) with the tensor's data; called once, by write(), in tensor order.
+  using Producer = std::function<void(uint8_t* dst)>;
+  void add_tensor(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                  size_t nbytes, Producer produce);  // produced during write()
+
+  // For files larger than memory: write() writes each tensor back to disk while the next one
+  // is made, then drops it from the page cache, so writing the file does not evict everything
+  // else cached (Linux; elsewhere a no-op). Off by default.
+  void set_drop_behind(bool on) { drop_behind_ = on; }
 
   size_t n_kv() const { return kvs_.size(); }
   size_t n_tensors() const { return tensors_.size(); }
@@ -75,6 +87,7 @@ class GgufWriter {
     const uint8_t* data;
     size_t nbytes;
     std::vector<uint8_t> owned;
+    Producer produce;  // set instead of data for produced tensors
   };
   void set(const std::string& key, GgufType type, std::vector<uint8_t> value);
   Tensor& add(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
@@ -83,6 +96,7 @@ class GgufWriter {
   std::vector<Kv> kvs_;
   std::vector<Tensor> tensors_;
   uint32_t alignment_ = kGgufDefaultAlignment;
+  bool drop_behind_ = false;
 };
 
 }  // namespace mixtral

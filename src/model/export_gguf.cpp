@@ -10,12 +10,6 @@
 namespace mixtral {
 namespace {
 
-DType fit_type(DType want, int64_t cols) {
-  for (DType t : {want, DType::Q8_0, DType::F16})
-    if (cols % dtype_info(t).block_size == 0) return t;
-  return DType::F32;
-}
-
 // The source row that lands at row r of the output. HF q/k rows within a head are ordered
 // (x[0..d/2), x[d/2..d)); GGUF interleaves them: out 2i ← in i, out 2i+1 ← in d/2 + i.
 int64_t source_row(int64_t r, int64_t head_dim, bool permute) {
@@ -38,14 +32,15 @@ void convert(const Matrix& m, DType type, bool permute_qk, int64_t head_dim, std
 
 }  // namespace
 
-void export_gguf(const Model& model, const std::string& path, const ExportOptions& o) {
-  const Config& c = model.config();
-  const Weights& w = model.weights();
-  const Tokenizer& tok = model.tokenizer();
-  const bool permute = c.rope_style == RopeStyle::HalfSplit;
-  GgufWriter g;
+DType fit_type(DType want, int64_t cols) {
+  for (DType t : {want, DType::Q8_0, DType::F16})
+    if (cols % dtype_info(t).block_size == 0) return t;
+  return DType::F32;
+}
+
+void set_gguf_metadata(GgufWriter& g, const Config& c, const Vocab& v, const std::string& name) {
   g.set_string("general.architecture", "llama");
-  g.set_string("general.name", o.name);
+  g.set_string("general.name", name);
   g.set_u32("llama.block_count", uint32_t(c.n_layers));
   g.set_u32("llama.context_length", uint32_t(c.max_context));
   g.set_u32("llama.embedding_length", uint32_t(c.dim));
@@ -62,7 +57,6 @@ void export_gguf(const Model& model, const std::string& path, const ExportOption
   g.set_u32("llama.vocab_size", uint32_t(c.vocab_size));
   g.set_u32("llama.rope.dimension_count", uint32_t(c.head_dim));
   g.set_u32("llama.attention.key_length", uint32_t(c.head_dim));
-  const Vocab& v = tok.vocab();
   g.set_string("tokenizer.ggml.model", "llama");
   g.set_string_array("tokenizer.ggml.tokens", v.pieces);
   g.set_f32_array("tokenizer.ggml.scores", v.scores);
@@ -76,6 +70,15 @@ void export_gguf(const Model& model, const std::string& path, const ExportOption
   g.set_bool("tokenizer.ggml.add_eos_token", false);
   g.set_bool("tokenizer.ggml.add_space_prefix", v.add_dummy_prefix);
   g.set_u32("general.quantization_version", 2);
+}
+
+void export_gguf(const Model& model, const std::string& path, const ExportOptions& o) {
+  const Config& c = model.config();
+  const Weights& w = model.weights();
+  const Tokenizer& tok = model.tokenizer();
+  const bool permute = c.rope_style == RopeStyle::HalfSplit;
+  GgufWriter g;
+  set_gguf_metadata(g, c, tok.vocab(), o.name);
 
   const bool mix = o.k_quant_mix && o.type == DType::Q4_K;
   const int64_t total = model.config().params_total();

@@ -6,8 +6,11 @@
 
 #include "core/dtype.h"
 #include "model/model.h"
+#include "text/vocab.h"
 
 namespace mixtral {
+
+class GgufWriter;
 
 struct ExportOptions {
   DType type = DType::F16;  // type of the weight matrices (norms and the router stay F32)
@@ -26,5 +29,14 @@ struct ExportOptions {
 // result. A matrix whose row length is not a multiple of the type's block falls back to Q8_0,
 // then F16 (as llama-quantize does). Holds the converted tensors in memory until written.
 void export_gguf(const Model& model, const std::string& path, const ExportOptions& options);
+
+// The KVs every exported file starts with, in llama.cpp's names: the llama-architecture
+// hyperparameters of `c` and the SentencePiece vocabulary (tokenizer.ggml.*). Also used by
+// make_random_gguf (model/random_model.h).
+void set_gguf_metadata(GgufWriter& g, const Config& c, const Vocab& vocab, const std::string& name);
+
+// `want`, or the first of Q8_0, F16, F32 whose block divides a row of `cols` values (as
+// llama-quantize falls back for rows that do not fit the requested type's blocks).
+DType fit_type(DType want, int64_t cols);
 
 }  // namespace mixtral
