@@ -284,6 +284,38 @@ TEST(Cli, BenchJsonForm) {
   expect_clean_error(run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "1,x"}), {"-p"});
 }
 
+// --memory-budget: the stable bench form carries the cache's figures; generate gives the same
+// text; a budget too small, too large or malformed is one clean line.
+TEST(Cli, MemoryBudgetBenchAndErrors) {
+  const std::string model = fixture("gguf/tiny-q4_0.gguf");
+  REQUIRE_PATH(model);
+  const Result r = run({"bench", "-m", model, "-p", "0", "-n", "8", "-t", "2", "-r", "1", "--memory-budget", "200M",
+                        "--expert-slots", "4", "-o", "json"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["test"], "tg8");
+  EXPECT_EQ(j[0]["expert_slots"], 4);
+  for (const char* key : {"cache_hit_rate", "bytes_read_per_token", "io_stall_s", "prefetch_accuracy"})
+    EXPECT_TRUE(j[0].contains(key)) << key;
+  EXPECT_LT(j[0]["cache_hit_rate"].get<double>(), 1.0);  // 4 of 16 experts: some uses must miss
+  EXPECT_GT(j[0]["bytes_read_per_token"].get<double>(), 0.0);
+
+  const std::vector<std::string> gen = {"generate", "-m", model, "-p", "Offloaded or not", "-n", "10", "--temp", "0"};
+  auto with = gen;
+  for (const char* a : {"--memory-budget", "200M", "--expert-slots", "2", "-v"}) with.push_back(a);
+  const Result plain = run(gen), offloaded = run(with);
+  ASSERT_EQ(offloaded.status, 0) << offloaded.err;
+  EXPECT_EQ(plain.out, offloaded.out);
+  EXPECT_NE(offloaded.err.find("expert cache: 2 slots"), std::string::npos) << offloaded.err;
+
+  expect_clean_error(run({"generate", "-m", model, "-p", "x", "--memory-budget", "2M"}), {"--memory-budget", "too small"});
+  expect_clean_error(run({"generate", "-m", model, "-p", "x", "--memory-budget", "100000G"}),
+                     {"--memory-budget", "available"});
+  expect_clean_error(run({"generate", "-m", model, "-p", "x", "--memory-budget", "12X"}), {"--memory-budget", "12X"});
+  expect_clean_error(run({"generate", "-m", model, "-p", "x", "--expert-slots", "2"}), {"--expert-slots"});
+}
+
 TEST(Cli, NoMmapGivesTheSameLogits) {
   REQUIRE_PATH(fixture("gguf/tiny-q4_0.gguf"));
   for (const std::string& model : {fixture("gguf/tiny-q4_0.gguf"), fixture("hf/tiny")}) {

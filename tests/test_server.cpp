@@ -611,6 +611,33 @@ TEST(ServeLifecycle, NonStreamedClientGoneIsCancelled) {
   EXPECT_EQ(srv.stop(SIGTERM, 30), 0) << srv.log();
 }
 
+// A server whose experts are offloaded (--memory-budget): same greedy text as in memory, and
+// /metrics carries the expert cache's counters.
+TEST(ServeLifecycle, OffloadedExpertsServeAndReportTheCache) {
+  REQUIRE_PATH(fixtures_dir() + "/gguf/tiny-f32.gguf");
+  ServerProcess plain, offloaded;
+  std::string why;
+  ASSERT_TRUE(plain.start({"--parallel", "2"}, &why)) << why;
+  ASSERT_TRUE(offloaded.start({"--parallel", "2", "--memory-budget", "300M", "--expert-slots", "3"}, &why)) << why;
+  const json body = {{"prompt", "The experts of a layer"}, {"max_tokens", 12}, {"temperature", 0}};
+  auto a = plain.client().Post("/v1/completions", body.dump(), "application/json");
+  auto b = offloaded.client().Post("/v1/completions", body.dump(), "application/json");
+  ASSERT_TRUE(a && b);
+  ASSERT_EQ(b->status, 200) << b->body;
+  EXPECT_EQ(json::parse(a->body)["choices"][0]["text"], json::parse(b->body)["choices"][0]["text"]);
+  auto m = offloaded.client().Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(metric(m->body, "mixtral_expert_cache_slots"), 3);
+  EXPECT_GT(metric(m->body, "mixtral_expert_cache_demanded_total"), 0);
+  EXPECT_GT(metric(m->body, "mixtral_expert_cache_loads_total"), 0);  // 3 of 16 experts: misses happen
+  EXPECT_GT(metric(m->body, "mixtral_expert_cache_read_bytes_total"), 0);
+  auto pm = plain.client().Get("/metrics");
+  ASSERT_TRUE(pm);
+  EXPECT_EQ(pm->body.find("mixtral_expert_cache"), std::string::npos);  // nothing offloaded there
+  EXPECT_EQ(plain.stop(SIGTERM, 30), 0) << plain.log();
+  EXPECT_EQ(offloaded.stop(SIGTERM, 30), 0) << offloaded.log();
+}
+
 // Overload and shutdown on a server of its own: one slot and a queue of one, so a third
 // concurrent request is refused with 429; SIGTERM while streams run ends it with status 0.
 TEST(ServeLifecycle, QueueFullIs429AndSigtermExitsZero) {

@@ -203,6 +203,10 @@ void Model::offload_experts(const std::vector<const MappedFile*>& files, uint64_
   const uint64_t runtime = o.runtime_bytes ? o.runtime_bytes(c) : 0;
   constexpr uint64_t kOverhead = 64ull << 20;  // code, tokenizer, metadata pages, allocator slack
   const uint64_t fixed = resident_bytes + runtime + kOverhead;
+  const uint64_t available = memory_available() + mixtral::resident_bytes();
+  if (available > 0 && budget > available)
+    fail("--memory-budget", format_size(budget) + " is more than the " + format_size(available) +
+                                " this machine has available now; give a smaller budget (or none: the default fits)");
   if (budget < fixed + slot)
     fail("--memory-budget", format_size(budget) + " is too small: this model needs " + format_size(resident_bytes) +
                                 " of non-expert weights + " + format_size(runtime) + " for the KV cache and activations + " +
