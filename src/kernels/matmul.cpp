@@ -1,4 +1,4 @@
-// y = x·Wᵀ for weights of any dtype.
+// y = x·Wᵀ for weights of any dtype but BF16 (matmul_bf16.cpp: bf16 dot products).
 //
 // Plan (per thread, over its contiguous range of rows):
 //   for each tile of rows, for each group of up to kTokenGroup tokens:
@@ -39,12 +39,15 @@
 
 #include "core/error.h"
 #include "kernels/dequant.h"
+#include "kernels/kernel_util.h"
+#include "kernels/matmul_bf16.h"
 #include "quant/blocks.h"
 
 namespace mixtral {
 namespace {
 
-constexpr int kLanes = 16;           // partial sums per output (both ISAs)
+using namespace kernel_util;  // kLanes, reduce16, Scratch, prefetch
+
 constexpr int64_t kTileRows = 16;    // rows per tile; threads get multiples of this many rows
 // Columns per chunk: multiples of 256 (Q4_K/Q6_K blocks) and 16. For a few tokens a tile is
 // used once, and a short chunk keeps it in L1; many tokens reuse it, and longer runs pay off.
@@ -60,16 +63,16 @@ using TileKernel = void (*)(const uint8_t* w, int64_t w_stride, const float* x, 
                             int64_t n, float* acc, int64_t acc_rs);
 
 // Weight encodings a single-token kernel can read in place.
-enum InPlace { kF16, kBF16, kQ8_0, kQ4_0, kQ4_K, kQ6_K, kNumInPlace };
+enum InPlace { kF16, kQ8_0, kQ4_0, kQ4_K, kQ6_K, kNumInPlace };
 inline int in_place_index(DType t) {
   switch (t) {
     case DType::F16: return kF16;
-    case DType::BF16: return kBF16;
     case DType::Q8_0: return kQ8_0;
     case DType::Q4_0: return kQ4_0;
     case DType::Q4_K: return kQ4_K;
     case DType::Q6_K: return kQ6_K;
-    case DType::F32: break;
+    case DType::F32:
+    case DType::BF16: break;
   }
   return -1;
 }
@@ -88,14 +91,6 @@ void fill_f32(IsaKernels& tab, std::integer_sequence<int, T...>) {
 template <template <int> class Kernel, int... R>
 void fill_one_token(TileKernel* row, std::integer_sequence<int, R...>) {
   ((row[R] = &Kernel<R + 1>::run), ...);
-}
-
-// The 16 partial sums of one output, added as a fixed tree.
-inline float reduce16(const float* v) {
-  float s8[8], s4[4];
-  for (int i = 0; i < 8; ++i) s8[i] = v[i] + v[i + 8];
-  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 // ================================ AVX-512: one zmm per accumulator ==============================
@@ -119,15 +114,6 @@ struct Load512F16 {
   }
   static __m512 load(const uint8_t* p, int64_t i, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, at(p, i)));
-  }
-};
-struct Load512BF16 {
-  static __m512 widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-  static __m512 load(const uint8_t* p, int64_t i) {
-    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(Load512F16::at(p, i))));
-  }
-  static __m512 load(const uint8_t* p, int64_t i, __mmask16 m) {
-    return widen(_mm256_maskz_loadu_epi16(m, Load512F16::at(p, i)));
   }
 };
 
@@ -280,7 +266,6 @@ struct Avx512BlockKernel {
 };
 
 template <int R> using K512F16 = Avx512Kernel<R, 1, Load512F16>;
-template <int R> using K512BF16 = Avx512Kernel<R, 1, Load512BF16>;
 template <int R> using K512Q8_0 = Avx512BlockKernel<R, DecodeQ8_0>;
 template <int R> using K512Q4_0 = Avx512BlockKernel<R, DecodeQ4_0>;
 template <int R> using K512Q4_K = Avx512BlockKernel<R, DecodeQ4_K>;
@@ -316,15 +301,6 @@ struct Load256F16 {
     return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at(p, i))));
   }
   static __m256 load(const uint8_t* p, int64_t i, int m) { return load_u16_partial<Load256F16>(at(p, i), m); }
-};
-struct Load256BF16 {
-  static __m256 widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
-  static __m256 load(const uint8_t* p, int64_t i) {
-    return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(Load256F16::at(p, i))));
-  }
-  static __m256 load(const uint8_t* p, int64_t i, int m) {
-    return load_u16_partial<Load256BF16>(Load256F16::at(p, i), m);
-  }
 };
 
 template <int R, int T, class L>
@@ -379,7 +355,6 @@ struct Avx2Kernel {
 };
 
 template <int R> using K256F16 = Avx2Kernel<R, 1, Load256F16>;
-template <int R> using K256BF16 = Avx2Kernel<R, 1, Load256BF16>;
 
 #pragma GCC pop_options
 
@@ -396,7 +371,6 @@ IsaKernels make_avx512_table() {
   fill_f32<Avx512Kernel, Load512F32, 4>(t, std::make_integer_sequence<int, 6>{});
   const auto rows = std::make_integer_sequence<int, 4>{};
   fill_one_token<K512F16>(t.one_token[kF16], rows);
-  fill_one_token<K512BF16>(t.one_token[kBF16], rows);
   fill_one_token<K512Q8_0>(t.one_token[kQ8_0], rows);
   fill_one_token<K512Q4_0>(t.one_token[kQ4_0], rows);
   fill_one_token<K512Q4_K>(t.one_token[kQ4_K], rows);
@@ -412,39 +386,13 @@ IsaKernels make_avx2_table() {
   fill_f32<Avx2Kernel, Load256F32, 1>(t, std::make_integer_sequence<int, 3>{});
   fill_f32<Avx2Kernel, Load256F32, 2>(t, std::make_integer_sequence<int, 3>{});
   fill_one_token<K256F16>(t.one_token[kF16], std::make_integer_sequence<int, 2>{});
-  fill_one_token<K256BF16>(t.one_token[kBF16], std::make_integer_sequence<int, 2>{});
   return t;
 }
 const IsaKernels kAvx2 = make_avx2_table();
 
-const IsaKernels& kernels() { return simd_level() == SimdLevel::AVX512 ? kAvx512 : kAvx2; }
+const IsaKernels& kernels() { return simd_level() >= SimdLevel::AVX512 ? kAvx512 : kAvx2; }
 
 // ================================ driver ========================================================
-
-// A float buffer aligned to 64 bytes that only grows (one per thread: no allocation per call
-// once it has reached the largest size used).
-class Scratch {
- public:
-  float* get(size_t n) {
-    if (n > cap_) {
-      buf_.reset(static_cast<float*>(std::aligned_alloc(64, (n * 4 + 63) / 64 * 64)));
-      if (!buf_) throw std::bad_alloc();
-      cap_ = n;
-    }
-    return buf_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
-  };
-  std::unique_ptr<float, Free> buf_;
-  size_t cap_ = 0;
-};
-
-inline void prefetch(const uint8_t* p, size_t bytes) {
-  for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
-}
 
 // How one matmul call reads its weights.
 struct Plan {
@@ -456,7 +404,7 @@ struct Plan {
 
 void matmul_rows(const Matrix& W, const float* x, int64_t n_tokens, float* y, int64_t r0,
                  int64_t r1, const Plan& plan) {
-  thread_local Scratch acc_scratch, w_scratch;
+  thread_local Scratch<float> acc_scratch, w_scratch;
   const IsaKernels& ks = *plan.ks;
   const int64_t K = W.cols, N = W.rows, chunk = plan.chunk;
   const int64_t group = std::min(n_tokens, kTokenGroup);
@@ -520,6 +468,7 @@ void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadP
     for (int64_t i = 0; i < n_tokens * W.rows; ++i) y[i] = 0.0f;
     return;
   }
+  if (W.dtype == DType::BF16) return matmul_bf16(W, x, n_tokens, y, pool);  // bf16 dot products
   Plan plan{&kernels(), nullptr, nullptr, n_tokens <= kFewTokens ? kChunkFew : kChunkMany};
   // F32 is always read in place. Other dtypes are for a single token when this ISA has a kernel
   // for them (nothing is reused across tokens then); otherwise tiles are dequantized, once for
