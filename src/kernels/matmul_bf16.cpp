@@ -1,18 +1,19 @@
 // y = x·Wᵀ for BF16 weights through bf16 dot products (the order is in matmul_bf16.h).
 //
 // Plan:
-//   round x to bf16 once, into a buffer whose rows are padded with zeros to a multiple of 32
+//   round x to bf16 once, chunk-major (a block of tokens' chunk is one contiguous run)
 //   per thread, over its contiguous range of rows:
 //     for each tile of 16 rows, for each group of up to kTokenGroup tokens:
-//       for each chunk of columns (the weights read in place: no dequantized copy)
+//       for each chunk of 1024 columns (weights read in place: no dequantized copy)
 //         for each block of up to t_max tokens, for each block of up to r_max rows:
 //           micro-kernel: R×T accumulators of 16 lanes in registers; per 32 columns one
-//           vdpbf16ps per (row, token), or two FMAs where the CPU lacks AVX512_BF16
+//           vdpbf16ps per (row, token), or two FMAs where the CPU lacks AVX512_BF16; each
+//           row's weights prefetched 1 KB ahead
 //       reduce each accumulator's 16 lanes (kernel_util::reduce16) into y
 // Up to kTokenGroup tokens, every weight is read from memory once per call, so a serving step
-// of a few tokens costs about what one token does; a chunk of the tile stays in L1 while every
-// token block uses it, and the next chunk is prefetched (see matmul.cpp). vdpbf16ps does 32
-// multiply-adds per instruction, twice the fp32 FMA's 16, and reads bf16 weights directly.
+// of a few tokens costs little more than one token; the tile's chunk stays in cache while every
+// token block uses it. vdpbf16ps does 32 multiply-adds per instruction, twice the fp32 FMA's
+// 16, and reads the bf16 weights as they are stored.
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -36,11 +37,15 @@
 namespace mixtral {
 namespace {
 
-using namespace kernel_util;  // kLanes, reduce16, Scratch, prefetch
+using namespace kernel_util;  // kLanes, reduce16, Scratch
 
 constexpr int64_t kStep = 32;        // columns per dot-product step (16 lanes × 2)
 constexpr int64_t kTileRows = 16;    // rows per tile; threads get multiples of this many rows
 constexpr int64_t kChunk = 1024;     // columns per chunk: 16 rows × 2 KB of weights
+// Each row's weights are prefetched this many bytes ahead while a kernel reads them: a tile
+// reads each row in 2 KB bursts, which the hardware prefetchers follow too late. (1 KB measured
+// best, against 0.5-8 KB and against prefetching the whole next chunk of the tile at once.)
+constexpr int64_t kPrefetchBytes = 1024;
 constexpr int64_t kTokenGroup = 64;  // tokens whose accumulators are live at once
 
 // Micro-kernel: acc(r, t) += W[r][0..n) · x[t][0..n) in the order of matmul_bf16.h, for r < R,
@@ -118,7 +123,10 @@ struct DotBf16 {
     for (; k + kStep <= n; k += kStep) {
       __m512i wv[R];
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) wv[r] = load_w(w + r * ws, k);
+      for (int r = 0; r < R; ++r) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + r * ws + 2 * k + kPrefetchBytes), _MM_HINT_T0);
+        wv[r] = load_w(w + r * ws, k);
+      }
       step(wv, k);
     }
     if (k < n) {  // the row's last n % 32 columns; x is zero past them
@@ -270,14 +278,19 @@ const DotKernels& dot_kernels() {
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-// One token's activations as bf16, zero-padded from K to Kp.
-void round_to_bf16(const float* x, int64_t K, int64_t Kp, uint16_t* out) {
-  for (int64_t k = 0; k < K; ++k) out[k] = f32_to_bf16(x[k]);
-  for (int64_t k = K; k < Kp; ++k) out[k] = 0;
+// x rounded to bf16, chunk-major: chunk c of token t (kChunk values, zero past K) at
+// data + (c * n_tokens + t) * kChunk, so a block of tokens' chunk is contiguous.
+void round_to_bf16(const float* x, int64_t K, int64_t n_tokens, int64_t t, uint16_t* xb) {
+  for (int64_t k0 = 0, c = 0; k0 < K; k0 += kChunk, ++c) {
+    uint16_t* out = xb + (c * n_tokens + t) * kChunk;
+    const int64_t kc = std::min(kChunk, K - k0);
+    for (int64_t k = 0; k < kc; ++k) out[k] = f32_to_bf16(x[t * K + k0 + k]);
+    for (int64_t k = kc; k < kChunk; ++k) out[k] = 0;
+  }
 }
 
-void dot_rows(const Matrix& W, const uint16_t* xb, int64_t xs, int64_t n_tokens, float* y, int64_t r0,
-              int64_t r1, const DotKernels& ks) {
+void dot_rows(const Matrix& W, const uint16_t* xb, int64_t n_tokens, float* y, int64_t r0, int64_t r1,
+              const DotKernels& ks) {
   thread_local Scratch<float> acc_scratch;
   const int64_t K = W.cols, N = W.rows, ws = int64_t(W.row_bytes());
   const int64_t group = std::min(n_tokens, kTokenGroup);
@@ -289,22 +302,15 @@ void dot_rows(const Matrix& W, const uint16_t* xb, int64_t xs, int64_t n_tokens,
     for (int64_t t0 = 0; t0 < n_tokens; t0 += group) {
       const int64_t nt = std::min(group, n_tokens - t0);
       std::memset(acc, 0, sizeof(float) * size_t(nr * acc_rs));
-      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+      for (int64_t k0 = 0, c = 0; k0 < K; k0 += kChunk, ++c) {
         const int64_t kc = std::min(kChunk, K - k0);
-        {  // prefetch the next chunk of this tile, or the first of the next tile
-          const bool last = k0 + kChunk >= K;
-          const int64_t pr0 = last ? rt + kTileRows : rt, pk = last ? 0 : k0 + kChunk;
-          const int64_t pr1 = std::min(pr0 + kTileRows, r1);
-          const size_t pbytes = size_t(std::min(kChunk, K - pk)) * 2;
-          for (int64_t r = pr0; r < pr1; ++r) prefetch(W.row(r) + pk * 2, pbytes);
-        }
-        const uint8_t* wt = W.row(rt) + k0 * 2;
+        const uint8_t* wt = W.row(rt) + k0 * 2;  // the tile's chunk, read in place
         for (int64_t tb = 0; tb < nt; tb += ks.t_max) {
           const int64_t ntb = std::min<int64_t>(ks.t_max, nt - tb);
-          const uint16_t* xt = xb + (t0 + tb) * xs + k0;
+          const uint16_t* xt = xb + (c * n_tokens + t0 + tb) * kChunk;
           for (int64_t rb = 0; rb < nr; rb += ks.r_max) {
             const int64_t nrb = std::min<int64_t>(ks.r_max, nr - rb);
-            ks.k[nrb - 1][ntb - 1](wt + rb * ws, ws, xt, xs, kc, acc + rb * acc_rs + tb * kLanes, acc_rs);
+            ks.k[nrb - 1][ntb - 1](wt + rb * ws, ws, xt, kChunk, kc, acc + rb * acc_rs + tb * kLanes, acc_rs);
           }
         }
       }
@@ -318,14 +324,14 @@ void dot_rows(const Matrix& W, const uint16_t* xb, int64_t xs, int64_t n_tokens,
 
 void matmul_bf16(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
   thread_local Scratch<uint16_t> x_scratch;  // the caller's thread
-  const int64_t K = W.cols, Kp = round_up(K, kStep);
-  uint16_t* xb = x_scratch.get(size_t(n_tokens * Kp));
+  const int64_t K = W.cols;
+  uint16_t* xb = x_scratch.get(size_t(n_tokens * round_up(K, kChunk)));
   pool.parallel_for(n_tokens, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) round_to_bf16(x + t * K, K, Kp, xb + t * Kp);
+    for (int64_t t = t0; t < t1; ++t) round_to_bf16(x, K, n_tokens, t, xb);
   });
   const DotKernels& ks = dot_kernels();
   pool.parallel_for(
-      W.rows, [&](int64_t r0, int64_t r1) { dot_rows(W, xb, Kp, n_tokens, y, r0, r1, ks); }, kTileRows);
+      W.rows, [&](int64_t r0, int64_t r1) { dot_rows(W, xb, n_tokens, y, r0, r1, ks); }, kTileRows);
 }
 
 namespace ref {
@@ -355,7 +361,7 @@ void matmul_bf16(const Matrix& W, const float* x, int64_t n_tokens, float* y) {
           lanes[l] = flushed_fma(w(odd), xr[size_t(odd)], lanes[l]);
           lanes[l] = flushed_fma(w(even), xr[size_t(even)], lanes[l]);
         }
-      y[t * N + r] = reduce16(lanes);
+      y[t * N + r] = ref_reduce16(lanes);
     }
   }
 }
