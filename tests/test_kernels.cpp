@@ -494,6 +494,28 @@ TEST(Matmul, BitwiseReproducible) {
   }
 }
 
+// Each token count 1..17 (the server's steps: a few tokens, every split into token blocks) on
+// 1, 2 and 3 threads gives each token's bits from a one-token call, for every dtype.
+TEST(Matmul, EveryTokenCountEqualsOneTokenAtATime) {
+  ThreadPool p1(1), p2(2), p3(3);
+  for (DType t : kAllTypes) {
+    const int64_t K = dtype_info(t).block_size == 1 ? 300 + 7 : 512, rows = 37, kMaxT = 17;
+    const TestMatrix W(t, rows, K, 3);
+    const std::vector<float> x = normal(kMaxT * K, 9);
+    std::vector<float> single(size_t(kMaxT * rows));
+    for (int64_t i = 0; i < kMaxT; ++i) matmul(W.m, x.data() + i * K, 1, single.data() + i * rows, p1);
+    expect_close_to_ref(W.m, x.data(), kMaxT, single.data(), std::string(dtype_name(t)) + " one at a time");
+    for (int64_t T = 1; T <= kMaxT; ++T)
+      for (ThreadPool* p : {&p1, &p2, &p3}) {
+        std::vector<float> y(size_t(T * rows));
+        matmul(W.m, x.data(), T, y.data(), *p);
+        for (int64_t i = 0; i < T * rows; ++i)
+          ASSERT_TRUE(same_bits(y[size_t(i)], single[size_t(i)]))
+              << dtype_name(t) << " T=" << T << " threads=" << p->size() << " i=" << i;
+      }
+  }
+}
+
 TEST(Matmul, EmptyShapes) {
   ThreadPool pool(2);
   const TestMatrix W(DType::Q8_0, 5, 64, 1);
