@@ -1,17 +1,20 @@
-// Matrix-product throughput at Mixtral's expert shape: W [N = 14336][K = 4096] (w1/w3 of one
-// expert), decode (1 token) and prefill (64 tokens), for every weight dtype; and the scalar
-// ref::matmul on a slice of the rows, for the speed-up ratio. Not built by the tests.
+// Matrix-product throughput at Mixtral's expert shapes, for each weight dtype and a sweep of
+// token counts: 1 (decode), 2-16 (a serving step of several streams), 64 and 512 (prefill).
+// Shapes: up = W [14336][4096] (w1/w3 of one expert: K 4096 -> N 14336) and down =
+// W [4096][14336] (w2: K 14336 -> N 4096). Optionally the scalar ref::matmul on a slice of rows,
+// for the speed-up ratio. Built with the project (build/bench/bench_matmul); not run by the tests.
 //
-//   g++ -std=c++20 -O3 -march=x86-64-v3 -Isrc bench/bench_matmul.cpp src/core/*.cpp
-//       src/quant/*.cpp src/kernels/*.cpp -pthread -o /tmp/bench_matmul
-//   /tmp/bench_matmul [threads] [--avx2]
+//   bench_matmul [-t THREADS] [--simd avx2|avx512|avx512bf16] [--types bf16,q8_0,...]
+//                [--tokens 1,2,4,8,16,64,512] [--shapes up,down] [--ref] [--cpu-time]
 //
-// GFLOP/s counts 2·N·K·tokens; GB/s counts the weight bytes read (x and y are small).
+// GFLOP/s counts 2·N·K·tokens; GB/s counts the weight bytes read once (x and y are small).
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -26,88 +29,139 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Median seconds per call of fn over at least `min_reps` calls and `min_seconds`, after one warm-up.
+// With --cpu-time: the process's CPU seconds divided by the thread count instead of wall time
+// (on a shared machine, leaves out the time the threads wait for a core; not the time they
+// wait for memory that others use too).
+bool g_cpu_time = false;
+int g_threads = 1;
+double now_s() {
+  if (!g_cpu_time) return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec)) / g_threads;
+}
+
+// Fastest seconds per call of fn over at least `min_reps` calls and `min_seconds`, after one
+// warm-up (the fastest: the machine is shared, and other work only ever adds time).
 template <class F>
-double time_it(F fn, int min_reps = 5, double min_seconds = 1.0) {
+double time_it(F fn, int min_reps = 5, double min_seconds = 0.5) {
   fn();
   std::vector<double> t;
   const auto start = Clock::now();
   while (int(t.size()) < min_reps || std::chrono::duration<double>(Clock::now() - start).count() < min_seconds) {
-    const auto t0 = Clock::now();
+    const double t0 = now_s();
     fn();
-    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    t.push_back(now_s() - t0);
   }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  return *std::min_element(t.begin(), t.end());
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) out.push_back(item);
+  return out;
+}
+
+DType parse_type(const std::string& s) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K}) {
+    std::string n = dtype_name(t);
+    for (char& c : n) c = char(std::tolower(static_cast<unsigned char>(c)));
+    if (n == s) return t;
+  }
+  std::fprintf(stderr, "unknown type %s\n", s.c_str());
+  std::exit(2);
+}
+
+const char* simd_name(SimdLevel l) {
+  switch (l) {
+    case SimdLevel::AVX2: return "AVX2";
+    case SimdLevel::AVX512: return "AVX-512";
+    case SimdLevel::AVX512_BF16: return "AVX-512 BF16";
+  }
+  return "?";
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = ThreadPool::default_threads();
+  std::vector<std::string> types = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"};
+  std::vector<int64_t> tokens = {1, 2, 4, 8, 16, 64, 512};
+  std::vector<std::string> shapes = {"up", "down"};
+  bool with_ref = false;
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--avx2") == 0) set_simd_level(SimdLevel::AVX2);
-    else threads = std::max(1, std::atoi(argv[i]));
+    const std::string a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : "";
+    if (a == "-t") threads = std::max(1, std::atoi(v)), ++i;
+    else if (a == "--simd") {
+      const std::string s = v;
+      set_simd_level(s == "avx2" ? SimdLevel::AVX2 : s == "avx512" ? SimdLevel::AVX512 : SimdLevel::AVX512_BF16);
+      ++i;
+    } else if (a == "--types") types = split(v), ++i;
+    else if (a == "--tokens") {
+      tokens.clear();
+      for (const auto& s : split(v)) tokens.push_back(std::atoll(s.c_str()));
+      ++i;
+    } else if (a == "--shapes") shapes = split(v), ++i;
+    else if (a == "--ref") with_ref = true;
+    else if (a == "--cpu-time") g_cpu_time = true;
+    else {
+      std::fprintf(stderr, "usage: bench_matmul [-t N] [--simd avx2|avx512|avx512bf16] [--types a,b] "
+                           "[--tokens 1,2,..] [--shapes up,down] [--ref] [--cpu-time]\n");
+      return 2;
+    }
   }
-  const int64_t N = 14336, K = 4096, kPrefill = 64, kRefRows = 512;
+  const int64_t max_tokens = *std::max_element(tokens.begin(), tokens.end());
   ThreadPool pool(threads);
-  std::printf("W [%lld][%lld], %d threads, %s\n", (long long)N, (long long)K, threads,
-              simd_level() == SimdLevel::AVX512 ? "AVX-512" : "AVX2");
+  g_threads = threads;
+  std::printf("%d threads, %s\n", threads, simd_name(simd_level()));
 
-  // Source weights: Gaussian, σ = 0.02 (the fixtures' scale).
-  std::vector<float> src(size_t(N * K));
-  pool.parallel_for(N, [&](int64_t r0, int64_t r1) {
-    std::mt19937 rng(static_cast<uint32_t>(r0));
-    std::normal_distribution<float> nd(0.0f, 0.02f);
-    for (int64_t i = r0 * K; i < r1 * K; ++i) src[size_t(i)] = nd(rng);
-  });
-  std::vector<float> x(size_t(kPrefill * K)), y(size_t(kPrefill * N));
-  {
-    std::mt19937 rng(7);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (float& v : x) v = nd(rng);
-  }
-
-  {  // memory read bandwidth baseline: every thread sums its share of `src` (235 MB) as integers
-    std::vector<uint64_t> part(static_cast<size_t>(threads));
-    const double s = time_it([&] {
-      pool.run([&](int i, int n) {
-        const auto* p = reinterpret_cast<const uint64_t*>(src.data());
-        const int64_t words = N * K / 2, b = words * i / n, e = words * (i + 1) / n;
-        uint64_t acc[8] = {};
-        for (int64_t j = b; j + 8 <= e; j += 8)
-          for (int l = 0; l < 8; ++l) acc[l] += p[j + l];
-        part[size_t(i)] = acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
-      });
-    });
-    std::printf("memory read bandwidth (sum over %.0f MB): %.1f GB/s\n",
-                double(src.size()) * 4 / 1e6, double(src.size()) * 4 / 1e9 / s);
-  }
-
-  std::printf("%-5s %7s | %-22s | %-22s | %-28s\n", "dtype", "MB", "decode (1 token)",
-              "prefill (64 tokens)", "ref::matmul (512 rows) 1 / 64");
-  for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K}) {
-    const size_t rb = row_bytes(t, K);
-    std::vector<uint8_t> w(rb * size_t(N));
+  for (const std::string& shape : shapes) {
+    const int64_t N = shape == "down" ? 4096 : 14336, K = shape == "down" ? 14336 : 4096;
+    // Source weights: Gaussian, σ = 0.02 (the fixtures' scale); x: Gaussian, σ = 1.
+    std::vector<float> src(size_t(N * K));
     pool.parallel_for(N, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) quantize_row(t, src.data() + r * K, w.data() + rb * size_t(r), K);
+      std::mt19937 rng(static_cast<uint32_t>(r0));
+      std::normal_distribution<float> nd(0.0f, 0.02f);
+      for (int64_t i = r0 * K; i < r1 * K; ++i) src[size_t(i)] = nd(rng);
     });
-    const Matrix W{t, N, K, w.data()};
-    const double mb = double(W.bytes()) / 1e6;
-
-    const double s1 = time_it([&] { matmul(W, x.data(), 1, y.data(), pool); });
-    const double s64 = time_it([&] { matmul(W, x.data(), kPrefill, y.data(), pool); });
-    const Matrix Ws = W.slice_rows(0, kRefRows);
-    const double r1 = time_it([&] { ref::matmul(Ws, x.data(), 1, y.data()); }, 3, 0.3);
-    const double r64 = time_it([&] { ref::matmul(Ws, x.data(), kPrefill, y.data()); }, 1, 0.0);
-    const double flop1 = 2.0 * double(N) * double(K), flop64 = flop1 * double(kPrefill);
-    const double ref1_per_row = r1 / double(kRefRows), ref64_per_row = r64 / double(kRefRows);
-    std::printf("%-5s %7.1f | %5.1f GFLOP/s %5.1f GB/s | %6.1f GFLOP/s %4.1f GB/s | %5.2f / %5.2f GFLOP/s "
-                "(fast x%.0f / x%.0f)\n",
-                dtype_name(t), mb, flop1 / s1 / 1e9, mb / 1e3 / s1, flop64 / s64 / 1e9,
-                mb / 1e3 / s64, 2.0 * K / ref1_per_row / 1e9, 2.0 * K * kPrefill / ref64_per_row / 1e9,
-                ref1_per_row * double(N) / s1, ref64_per_row * double(N) / s64);
-    std::fflush(stdout);
+    std::vector<float> x(size_t(max_tokens * K)), y(size_t(max_tokens * N));
+    {
+      std::mt19937 rng(7);
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      for (float& v : x) v = nd(rng);
+    }
+    std::printf("\n%s: W [%lld][%lld]  GFLOP/s (GB/s of weights)\n%-5s", shape.c_str(), (long long)N,
+                (long long)K, "dtype");
+    for (int64_t T : tokens) std::printf(" | %8lld tok   ", (long long)T);
+    std::printf("%s\n", with_ref ? " | ref 1 / 64 tokens GFLOP/s" : "");
+    for (const std::string& tn : types) {
+      const DType t = parse_type(tn);
+      const size_t rb = row_bytes(t, K);
+      std::vector<uint8_t> w(rb * size_t(N));
+      pool.parallel_for(N, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) quantize_row(t, src.data() + r * K, w.data() + rb * size_t(r), K);
+      });
+      const Matrix W{t, N, K, w.data()};
+      const double gb = double(W.bytes()) / 1e9, flop1 = 2.0 * double(N) * double(K);
+      std::printf("%-5s", dtype_name(t));
+      for (int64_t T : tokens) {
+        const double s = time_it([&] { matmul(W, x.data(), T, y.data(), pool); }, T >= 64 ? 3 : 5,
+                                 T >= 64 ? 1.0 : 0.5);
+        std::printf(" | %6.1f (%4.1f)", flop1 * double(T) / s / 1e9, gb / s);
+        std::fflush(stdout);
+      }
+      if (with_ref) {
+        const int64_t kRefRows = 256;
+        const Matrix Ws = W.slice_rows(0, kRefRows);
+        const double r1 = time_it([&] { ref::matmul(Ws, x.data(), 1, y.data()); }, 3, 0.3);
+        const double r64 = time_it([&] { ref::matmul(Ws, x.data(), 64, y.data()); }, 1, 0.0);
+        std::printf(" | %5.2f / %5.2f", 2.0 * double(K * kRefRows) / r1 / 1e9,
+                    2.0 * double(K * kRefRows) * 64 / r64 / 1e9);
+      }
+      std::printf("\n");
+    }
   }
   return 0;
 }

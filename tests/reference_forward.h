@@ -9,6 +9,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/fp16.h"
 #include "kernels/dequant.h"
 #include "model/model.h"
 
@@ -22,8 +23,12 @@ inline Vec row_of(const Matrix& m, int64_t r) {
   return Vec(f.begin(), f.end());
 }
 
-// y = W x   (W: [rows][cols])
-inline Vec linear(const Matrix& W, const Vec& x) {
+// y = W x   (W: [rows][cols]). BF16 weights multiply the activations rounded to bf16 (the
+// engine's definition of that product, as llama.cpp's; see kernels/matmul_bf16.h).
+inline Vec linear(const Matrix& W, const Vec& x_in) {
+  Vec x = x_in;
+  if (W.dtype == DType::BF16)
+    for (double& v : x) v = bf16_to_f32(f32_to_bf16(float(v)));
   Vec y(static_cast<size_t>(W.rows));
   for (int64_t r = 0; r < W.rows; ++r) {
     const Vec w = row_of(W, r);

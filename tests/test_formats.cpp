@@ -149,6 +149,11 @@ struct QuantCase {
   DType type;
   bool mix;
   double max_weight_error;  // relative RMS error of the stored weights (the quantization itself)
+  // Engine vs the float64 reference on the same weights. BF16 products round the activations to
+  // bf16 (in both); a last-bit difference between the engine's float activations and the
+  // reference's double ones flips a rounding now and then (about 1 in 2,000 values), and each
+  // flip moves its product by up to 2^-8: 4.4e-4 measured where the other types give 3e-7.
+  double max_ref_error = 1e-5;
 };
 
 // Every type through conversion and back: the stored weights are the F32 weights up to the
@@ -162,7 +167,7 @@ TEST(Formats, EveryWeightTypeConvertsAndRuns) {
   const auto tokens = f32->tokenizer().encode("Quantized weights are a dtype, not a second engine.", true);
   const auto base = all_logits(*f32, tokens);
   const QuantCase cases[] = {{DType::Q8_0, false, 0.01}, {DType::Q6_K, false, 0.03}, {DType::Q4_K, false, 0.12},
-                             {DType::Q4_K, true, 0.12},  {DType::Q4_0, false, 0.15}, {DType::BF16, false, 0.005},
+                             {DType::Q4_K, true, 0.12},  {DType::Q4_0, false, 0.15}, {DType::BF16, false, 0.005, 2e-3},
                              {DType::F16, false, 0.001}};
   for (const QuantCase& qc : cases) {
     const std::string label = std::string(dtype_name(qc.type)) + (qc.mix ? " (Q4_K_M mix)" : "");
@@ -200,7 +205,7 @@ TEST(Formats, EveryWeightTypeConvertsAndRuns) {
       }
       worst_ref = std::max(worst_ref, std::sqrt(n2 / d2));
     }
-    EXPECT_LE(worst_ref, 1e-5);
+    EXPECT_LE(worst_ref, qc.max_ref_error);
     std::printf("  %-20s weights rel. error %.2e | engine vs float64 reference %.1e | logits vs F32 model %.2e\n",
                 label.c_str(), worst_weight, worst_ref, std::sqrt(num / den));
     fs::remove(out);

@@ -5,6 +5,8 @@
 //   - fast dequantize == reference, bit for bit, at every SIMD level
 //   - fast matmul vs reference over awkward shapes, all dtypes; bitwise reproducibility across
 //     thread counts, SIMD levels, batch vs one token at a time; misaligned pointers
+//   - BF16 weights (bf16 dot products): bit-exact with the scalar emulation of vdpbf16ps at every
+//     SIMD level, thread count and token count, subnormals included
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,6 +21,7 @@
 #include "core/thread_pool.h"
 #include "kernels/dequant.h"
 #include "kernels/matmul.h"
+#include "kernels/matmul_bf16.h"
 #include "quant/blocks.h"
 #include "quant/quantize.h"
 #include "test_util.h"
@@ -55,10 +58,10 @@ bool same_bits(float a, float b) { return f32_to_bits(a) == f32_to_bits(b); }
 template <class F>
 void for_each_simd_level(F body) {
   const SimdLevel best = best_simd_level();
-  for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512}) {
+  for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AVX512_BF16}) {
     if (int(l) > int(best)) continue;
     set_simd_level(l);
-    SCOPED_TRACE(l == SimdLevel::AVX512 ? "AVX512" : "AVX2");
+    SCOPED_TRACE(l == SimdLevel::AVX512_BF16 ? "AVX512_BF16" : l == SimdLevel::AVX512 ? "AVX512" : "AVX2");
     body();
   }
   set_simd_level(best);
@@ -392,9 +395,19 @@ struct TestMatrix {
   }
 };
 
+// x as matmul uses it for W: BF16 weights take the activations rounded to bf16.
+std::vector<float> effective_input(const Matrix& W, const float* x, int64_t T) {
+  std::vector<float> v(x, x + T * W.cols);
+  if (W.dtype == DType::BF16)
+    for (float& f : v) f = bf16_to_f32(f32_to_bf16(f));
+  return v;
+}
+
 // |fast - ref| per element, relative to sum_k |w_k x_k| (the size a float sum's error scales with).
-void expect_close_to_ref(const Matrix& W, const float* x, int64_t T, const float* y,
+void expect_close_to_ref(const Matrix& W, const float* x_in, int64_t T, const float* y,
                          const std::string& what) {
+  const std::vector<float> xe = effective_input(W, x_in, T);
+  const float* x = xe.data();
   std::vector<float> want(size_t(T * W.rows));
   ref::matmul(W, x, T, want.data());
   std::vector<float> w(size_t(W.cols));
@@ -481,12 +494,103 @@ TEST(Matmul, BitwiseReproducible) {
   }
 }
 
+// Each token count 1..17 (the server's steps: a few tokens, every split into token blocks) on
+// 1, 2 and 3 threads gives each token's bits from a one-token call, for every dtype.
+TEST(Matmul, EveryTokenCountEqualsOneTokenAtATime) {
+  ThreadPool p1(1), p2(2), p3(3);
+  for (DType t : kAllTypes) {
+    const int64_t K = dtype_info(t).block_size == 1 ? 300 + 7 : 512, rows = 37, kMaxT = 17;
+    const TestMatrix W(t, rows, K, 3);
+    const std::vector<float> x = normal(kMaxT * K, 9);
+    std::vector<float> single(size_t(kMaxT * rows));
+    for (int64_t i = 0; i < kMaxT; ++i) matmul(W.m, x.data() + i * K, 1, single.data() + i * rows, p1);
+    expect_close_to_ref(W.m, x.data(), kMaxT, single.data(), std::string(dtype_name(t)) + " one at a time");
+    for (int64_t T = 1; T <= kMaxT; ++T)
+      for (ThreadPool* p : {&p1, &p2, &p3}) {
+        std::vector<float> y(size_t(T * rows));
+        matmul(W.m, x.data(), T, y.data(), *p);
+        for (int64_t i = 0; i < T * rows; ++i)
+          ASSERT_TRUE(same_bits(y[size_t(i)], single[size_t(i)]))
+              << dtype_name(t) << " T=" << T << " threads=" << p->size() << " i=" << i;
+      }
+  }
+}
+
 TEST(Matmul, EmptyShapes) {
   ThreadPool pool(2);
   const TestMatrix W(DType::Q8_0, 5, 64, 1);
   std::vector<float> x(64, 1.0f), y(5, 7.0f);
   matmul(W.m, x.data(), 0, y.data(), pool);  // no tokens: nothing written
   for (float v : y) EXPECT_EQ(v, 7.0f);
+}
+
+// ---- BF16 weights: bf16 dot products ----------------------------------------------------------
+
+void expect_same_bits(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_TRUE(same_bits(got[i], want[i])) << what << " i=" << i << ": " << got[i] << " vs " << want[i];
+}
+
+// Every SIMD level (vdpbf16ps, and its AVX-512 and AVX2 emulations), thread count and token
+// count gives the bits of the scalar emulation, over shapes with partial 32-column steps, partial
+// 1024-column chunks, partial tiles and partial row/token blocks.
+TEST(MatmulBf16, BitExactWithScalarEmulation) {
+  ThreadPool p1(1), p2(2), p3(3);
+  for (int64_t K : {1, 2, 31, 32, 33, 100, 1000, 1056, 2085}) {
+    for (int64_t rows : {1, 5, 17, 35}) {
+      const TestMatrix W(DType::BF16, rows, K, uint32_t(7 * K + rows));
+      const int64_t kMaxT = 17;
+      const std::vector<float> x = normal(kMaxT * K, uint32_t(K + 3));
+      std::vector<float> want(size_t(kMaxT * rows));
+      ref::matmul_bf16(W.m, x.data(), kMaxT, want.data());
+      for_each_simd_level([&] {
+        for (int64_t T = 1; T <= kMaxT; ++T) {
+          ThreadPool& pool = T % 3 == 0 ? p3 : T % 3 == 1 ? p1 : p2;
+          std::vector<float> y(size_t(T * rows));
+          matmul(W.m, x.data(), T, y.data(), pool);
+          expect_same_bits(y, std::vector<float>(want.begin(), want.begin() + T * rows),
+                           "K=" + std::to_string(K) + " rows=" + std::to_string(rows) + " T=" +
+                               std::to_string(T) + " threads=" + std::to_string(pool.size()));
+        }
+      });
+    }
+  }
+}
+
+// Subnormal weights and activations, products that underflow and sums that cancel to nearly
+// zero: the emulations flush exactly where vdpbf16ps does.
+TEST(MatmulBf16, SubnormalsFlushLikeTheInstruction) {
+  const int64_t rows = 9, K = 96, T = 7;
+  std::vector<uint8_t> bytes(size_t(rows * K) * 2);
+  std::mt19937 rng(11);
+  for (size_t i = 0; i < bytes.size() / 2; ++i) {
+    // exponents across the subnormal boundary (bf16 exponent 0..12); rows 5.. some normal ones
+    const bool tiny_row = int64_t(i) / K < 5;
+    const uint32_t e = !tiny_row && rng() % 4 == 0 ? 100 + rng() % 40 : rng() % 13;
+    const uint16_t h = uint16_t((rng() & 0x8000u) | (e << 7) | (rng() & 0x7Fu));
+    std::memcpy(&bytes[2 * i], &h, 2);
+  }
+  const Matrix W{DType::BF16, rows, K, bytes.data()};
+  std::vector<float> x(size_t(T * K));
+  for (size_t i = 0; i < x.size(); ++i) {  // some subnormal; tokens 0-2 all tiny
+    float& v = x[i];
+    const uint32_t e = rng() % 3 == 0 ? 0 : 60 + rng() % (int64_t(i) / K < 3 ? 40 : 70);
+    v = bits_to_f32((rng() & 0x80000000u) | (e << 23) | (rng() & 0x7FFFFFu));
+  }
+  std::vector<float> want(size_t(T * rows));
+  ref::matmul_bf16(W, x.data(), T, want.data());
+  int zeros = 0, subnormal_inputs = 0;
+  for (float v : want) zeros += v == 0.0f;
+  for (float v : x) subnormal_inputs += std::fpclassify(bf16_to_f32(f32_to_bf16(v))) == FP_SUBNORMAL;
+  EXPECT_GT(zeros, 0);  // the cases are there
+  EXPECT_GT(subnormal_inputs, 0);
+  ThreadPool pool(2);
+  for_each_simd_level([&] {
+    std::vector<float> y(size_t(T * rows));
+    matmul(W, x.data(), T, y.data(), pool);
+    expect_same_bits(y, want, "subnormals");
+  });
 }
 
 // ---- dot ----------------------------------------------------------------------------------------

@@ -367,10 +367,10 @@ DequantizeFn avx512_fn(DType t) {
 
 SimdLevel detect() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return SimdLevel::AVX512;
-  return SimdLevel::AVX2;
+  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+    return SimdLevel::AVX2;
+  return __builtin_cpu_supports("avx512bf16") ? SimdLevel::AVX512_BF16 : SimdLevel::AVX512;
 }
 
 std::atomic<int>& level_slot() {
@@ -401,7 +401,7 @@ void set_simd_level(SimdLevel l) {
 }
 
 DequantizeFn dequantize_fn(DType t) {
-  return simd_level() == SimdLevel::AVX512 ? avx512_fn(t) : avx2_fn(t);
+  return simd_level() >= SimdLevel::AVX512 ? avx512_fn(t) : avx2_fn(t);
 }
 
 void dequantize_row(DType t, const uint8_t* src, float* dst, int64_t n) {

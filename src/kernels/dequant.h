@@ -15,9 +15,11 @@ namespace ref {
 void dequantize_row(DType t, const uint8_t* src, float* dst, int64_t n);
 }  // namespace ref
 
-// Which SIMD width the fast kernels (dequantize, matmul, dot) use. Chosen once from the CPU;
-// tests and benchmarks may lower it to exercise the AVX2 path on an AVX-512 machine.
-enum class SimdLevel { AVX2, AVX512 };
+// Which SIMD instructions the fast kernels (dequantize, matmul, dot) use. Chosen once from the
+// CPU; tests and benchmarks may lower it to exercise the AVX2 path on an AVX-512 machine. Each
+// level includes the ones before it. AVX512_BF16 adds the bf16 dot product (vdpbf16ps) for BF16
+// weights; the levels below emulate it exactly (see matmul_bf16.h).
+enum class SimdLevel { AVX2, AVX512, AVX512_BF16 };
 SimdLevel simd_level();
 SimdLevel best_simd_level();       // the widest this CPU supports
 void set_simd_level(SimdLevel l);  // clamped to best_simd_level(); not thread-safe vs. running kernels

@@ -4,7 +4,9 @@
 // 16 partial sums, partial sum l taking the products w[k]*x[k] for k ≡ l (mod 16) in increasing k
 // with one fused multiply-add each; the 16 are then added as a fixed tree. The order depends on
 // nothing else, so y is bitwise the same for any thread count, any n_tokens (one token at a time
-// == a batch), and the AVX2 and AVX-512 paths.
+// == a batch), and every SIMD level. BF16 weights are the exception to the order, not to the
+// guarantees: they multiply x rounded to bf16, pairs of columns per partial sum, as the bf16 dot
+// instruction does (kernels/matmul_bf16.h).
 #pragma once
 #include <cstdint>
 
