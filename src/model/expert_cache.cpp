@@ -81,9 +81,18 @@ ExpertCache::~ExpertCache() {
   if (pool_) ::munmap(pool_, pool_bytes_);
 }
 
-double ExpertCache::score(const Entry& en) const {
-  if (options_.policy == CachePolicy::LRU) return double(en.last_use);
+double ExpertCache::decayed_count(const Entry& en) const {
   return en.count * std::exp2(-double(clock_ - en.count_at) / options_.half_life);
+}
+
+void ExpertCache::count_use(Entry& en) const {
+  en.count = decayed_count(en) + 1;
+  en.count_at = clock_;
+  en.last_use = clock_;
+}
+
+double ExpertCache::score(const Entry& en) const {
+  return options_.policy == CachePolicy::LRU ? double(en.last_use) : decayed_count(en);
 }
 
 int32_t ExpertCache::victim_locked() const {
@@ -94,7 +103,7 @@ int32_t ExpertCache::victim_locked() const {
     const int64_t owner = slots_[i].owner;
     if (owner < 0) return int32_t(i);
     const Entry& en = entries_[size_t(owner)];
-    if (en.pins > 0 || en.state != State::Ready) continue;
+    if (en.pins > 0 || en.prefetched || en.state != State::Ready) continue;
     const double s = score(en);
     if (best < 0 || s < best_score || (s == best_score && en.last_use < best_use)) {
       best = int32_t(i);
@@ -158,14 +167,18 @@ void ExpertCache::demand(int64_t layer, std::vector<int32_t>& experts) {
     for (int32_t e : experts) {
       Entry& en = entries_[size_t(index(layer, e))];
       ++en.pins;
-      en.count = score(Entry{.count = en.count, .count_at = en.count_at}) + 1;  // decay, then count this use
-      en.count_at = clock_;
-      en.last_use = clock_;
+      count_use(en);
       ++stats_.demanded;
       if (en.prefetched) {
         ++stats_.prefetch_used;
         en.prefetched = false;
       }
+    }
+    // A hint for this layer that was not demanded was wrong: no longer protected from eviction
+    // (and never counted as a use, so it goes first).
+    for (int32_t e = 0; e < n_experts_; ++e) entries_[size_t(index(layer, e))].prefetched = false;
+    for (int32_t e : experts) {
+      Entry& en = entries_[size_t(index(layer, e))];
       if (en.state == State::Ready) {
         ++stats_.hits;
         hits.push_back(e);
@@ -250,11 +263,8 @@ void ExpertCache::io_loop() {
     s.owner = ld.entry;
     en.slot = slot;
     en.state = State::Loading;
-    if (is_prefetch) {  // a hint counts as a use, so the next loads do not evict it first
+    if (is_prefetch) {  // kept until its layer's demand says whether it was right
       en.prefetched = true;
-      en.last_use = clock_;
-      en.count = score(Entry{.count = en.count, .count_at = en.count_at}) + 1;
-      en.count_at = clock_;
       ++stats_.prefetch_loads;
     }
     lk.unlock();

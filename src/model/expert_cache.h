@@ -9,7 +9,8 @@
 //   acquire(layer, e)       — waits until e is in a slot (the wait is "stall" time), returns views
 //   release(layer, e)       — done computing with e; its slot may be reused
 // and hints what comes next with prefetch(layer, experts): loads that never block a demand and
-// never evict a pinned expert.
+// never evict a pinned expert. A hinted expert is kept until its layer's demand; if that did not
+// choose it, it was never used and goes first.
 //
 // Which slot is reused is the policy's call: LRU, or LFU-decay (a use count that decays by half
 // every `half_life` tokens, ties broken by recency), which keeps the experts a model prefers
@@ -115,7 +116,7 @@ class ExpertCache {
     State state = State::Absent;
     int32_t slot = -1;
     int32_t pins = 0;
-    bool prefetched = false;  // loaded by prefetch and not demanded since
+    bool prefetched = false;  // loaded by a hint, its layer not demanded since: not evictable
     uint64_t last_use = 0;    // clock of the last demand
     double count = 0;         // LFU: decayed use count as of `count_at`
     uint64_t count_at = 0;
@@ -131,7 +132,9 @@ class ExpertCache {
   };
 
   int64_t index(int64_t layer, int32_t e) const { return layer * n_experts_ + e; }
-  double score(const Entry& en) const;   // higher = keep
+  double decayed_count(const Entry& en) const;  // LFU: the use count as of now
+  void count_use(Entry& en) const;              // a use now (recency and count)
+  double score(const Entry& en) const;          // higher = keep
   int32_t victim_locked() const;         // a free or evictable slot; -1 when none
   void io_loop();
   void read_expert(int64_t entry, Slot& slot);
