@@ -1,6 +1,13 @@
 // Matrix products against weight matrices of any DType, and the float dot product.
 //
-// Accumulation order (the contract that makes results reproducible): each output is the sum of
+// Two paths, each with a fixed summation order, so y is bitwise the same for any thread count,
+// any n_tokens (one token at a time == a batch), and the AVX2 and AVX-512 paths:
+//   - quantized weights (Q8_0, Q4_0, Q4_K, Q6_K): x is quantized to int8 blocks of 32 and each
+//     block's products are summed exactly in integers, as llama.cpp does; the order of the
+//     per-block float terms is the contract in matmul_q8.h. set_int8_activations(false) sends
+//     these dtypes through the float path instead (for comparisons).
+//   - everything else (F32, F16, BF16): float products, in this order:
+// Float accumulation order: each output is the sum of
 // 16 partial sums, partial sum l taking the products w[k]*x[k] for k ≡ l (mod 16) in increasing k
 // with one fused multiply-add each; the 16 are then added as a fixed tree. The order depends on
 // nothing else, so y is bitwise the same for any thread count, any n_tokens (one token at a time
@@ -19,11 +26,17 @@ namespace mixtral {
 // x. Throws Error when W.cols is not a multiple of W's block size.
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
+// Whether quantized weights multiply int8 activations (default: on). Process-wide; like
+// set_simd_level, not to be changed while kernels run.
+void set_int8_activations(bool on);
+bool int8_activations();
+
 // sum_i a[i] * b[i] (SIMD; same accumulation order as matmul's outputs).
 float dot_f32(const float* a, const float* b, int64_t n);
 
 namespace ref {
-// Scalar: ref::dequantize_row each row, then a plain float loop per output.
+// Scalar: ref::dequantize_row each row, then a plain float loop per output (the float path's
+// oracle; ref::matmul_q8 in matmul_q8.h is the int8 path's).
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y);
 float dot_f32(const float* a, const float* b, int64_t n);
 }  // namespace ref
