@@ -90,22 +90,19 @@ void quantize_block(const float* x, XBlock* out) {
 // 16 rows × one 32-column block, as the micro-kernels read it.
 struct Packed {
   uint8_t q[8][kRows][4];  // [k][r]: quants 4k..4k+3 of row r, unsigned (see the plan above)
-  float s0[kRows];         // dw (Q4_K: d * sc)
+  float s0[kRows];         // Q4_K: dw = d * sc
   float s1[kRows];         // Q4_K: -(dmin * m)
   int32_t i0[kRows];       // Q6_K: scale of values 0..15
   int32_t i1[kRows];       // Q6_K: scale of values 16..31
+  uint16_t d16[kRows];     // Q8_0, Q4_0, Q6_K: dw = d, still fp16 (the kernel widens 16 at once)
+  uint16_t pad[kRows];
 };
-static_assert(sizeof(Packed) == 768, "Packed is 768 bytes");
+static_assert(sizeof(Packed) == 832, "Packed is 832 bytes (13 cache lines)");
 
 // Packs blocks [b0, b0 + nb) of 16 rows (rows[r] = start of row r). AVX2, used at every level:
 // the packed bytes are the same however they are computed.
 using PackFn = void (*)(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out);
 
-inline float half_fast(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return _cvtsh_ss(v);
-}
 inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline __m256i load2x128(const uint8_t* lo, const uint8_t* hi) {
   return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(hi), reinterpret_cast<const __m128i*>(lo));
@@ -154,7 +151,7 @@ void pack_q8_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) 
       transpose8x8(v);
       for (int k = 0; k < 8; ++k) store_rows8(out, k, h, _mm256_xor_si256(v[k], flip));  // w + 128
     }
-    for (int r = 0; r < kRows; ++r) out->s0[r] = half_fast(rows[r] + off);
+    for (int r = 0; r < kRows; ++r) std::memcpy(&out->d16[r], rows[r] + off, 2);
   }
 }
 
@@ -172,7 +169,7 @@ void pack_q4_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) 
         store_rows8(out, k + 4, h, _mm256_and_si256(_mm256_srli_epi16(z[k], 4), m4));  // 16+4k..
       }
     }
-    for (int r = 0; r < kRows; ++r) out->s0[r] = half_fast(rows[r] + off);
+    for (int r = 0; r < kRows; ++r) std::memcpy(&out->d16[r], rows[r] + off, 2);
   }
 }
 
@@ -193,14 +190,36 @@ void pack_q4_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) 
         }
       }
     }
+    // Scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
+    // transposed so that lane r holds row r's bytes 4c..4c+3 in z[c].
+    alignas(32) uint16_t d16[kRows], dmin16[kRows];
     for (int r = 0; r < kRows; ++r) {
-      const auto* b = reinterpret_cast<const BlockQ4_K*>(rows[r] + off);
-      const float d = half_fast(rows[r] + off), dmin = half_fast(rows[r] + off + 2);
-      for (int s = 0; s < 8; ++s) {
-        uint8_t sc, m;
-        q4k_scale_min(s, b->scales, &sc, &m);
-        out[s].s0[r] = d * float(sc);
-        out[s].s1[r] = -(dmin * float(m));
+      std::memcpy(&d16[r], rows[r] + off, 2);
+      std::memcpy(&dmin16[r], rows[r] + off + 2, 2);
+    }
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* const* rr = rows + 8 * h;
+      __m256i z[4];
+      for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off, rr[4 + g] + off);
+      transpose4x4_lanes(z);
+      const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
+      const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
+      const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
+      for (int s = 0; s < 8; ++s) {  // q4k_scale_min, lane-wise
+        __m256i sc, m;
+        if (s < 4) {
+          sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
+          m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
+        } else {
+          const int j = s - 4;
+          sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
+                               _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
+          m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
+                              _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
+        }
+        _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
+        _mm256_storeu_ps(out[s].s1 + 8 * h,
+                         _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
       }
     }
   }
@@ -236,13 +255,24 @@ void pack_q6_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) 
         }
       }
     }
-    for (int r = 0; r < kRows; ++r) {
-      const auto* b = reinterpret_cast<const BlockQ6_K*>(rows[r] + off);
-      const float d = half_fast(rows[r] + off + offsetof(BlockQ6_K, d));
+    // Scales: the 16 int8 of each row transposed as for Q4_K (z[c] lane r = row r's scales
+    // 4c..4c+3), sign-extended lane-wise; d stays fp16.
+    alignas(32) uint16_t d16[kRows];
+    for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off + offsetof(BlockQ6_K, d), 2);
+    const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d16));
+    for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].d16), dv);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* const* rr = rows + 8 * h;
+      __m256i z[4];
+      const size_t so = off + offsetof(BlockQ6_K, scales);
+      for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + so, rr[4 + g] + so);
+      transpose4x4_lanes(z);
+      auto byte = [&](int i) {  // scales[i] of the 8 rows, as int32
+        return _mm256_srai_epi32(_mm256_slli_epi32(z[i / 4], 24 - 8 * (i % 4)), 24);
+      };
       for (int s = 0; s < 8; ++s) {
-        out[s].s0[r] = d;
-        out[s].i0[r] = b->scales[2 * s];
-        out[s].i1[r] = b->scales[2 * s + 1];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i0 + 8 * h), byte(2 * s));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i1 + 8 * h), byte(2 * s + 1));
       }
     }
   }
@@ -259,22 +289,22 @@ using MicroKernel = void (*)(const Packed* pw, int64_t nb, const XBlock* xb, int
 struct Q8_0Policy {  // AVX-512 path stores w + 128
   static int32_t corr_lo(const XBlock& x) { return -128 * x.sum; }
   static int32_t corr_hi(const XBlock&) { return 0; }
-  static constexpr bool kSigned = true, kHalves = false, kMin = false;
+  static constexpr bool kSigned = true, kHalves = false, kMin = false, kHalfScale = true;
 };
 struct Q4_0Policy {
   static int32_t corr_lo(const XBlock& x) { return -8 * x.sum; }
   static int32_t corr_hi(const XBlock&) { return 0; }
-  static constexpr bool kSigned = false, kHalves = false, kMin = false;
+  static constexpr bool kSigned = false, kHalves = false, kMin = false, kHalfScale = true;
 };
 struct Q4_KPolicy {
   static int32_t corr_lo(const XBlock&) { return 0; }
   static int32_t corr_hi(const XBlock&) { return 0; }
-  static constexpr bool kSigned = false, kHalves = false, kMin = true;
+  static constexpr bool kSigned = false, kHalves = false, kMin = true, kHalfScale = false;
 };
 struct Q6_KPolicy {
   static int32_t corr_lo(const XBlock& x) { return -32 * x.sum_lo; }
   static int32_t corr_hi(const XBlock& x) { return -32 * (x.sum - x.sum_lo); }
-  static constexpr bool kSigned = false, kHalves = true, kMin = false;
+  static constexpr bool kSigned = false, kHalves = true, kMin = false, kHalfScale = true;
 };
 
 // ---- AVX-512 VNNI: one zmm = 16 rows ----
@@ -295,7 +325,8 @@ struct Vnni512 {
       __m512i w[8];
 #pragma GCC unroll 8
       for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(&p.q[k][0][0]);
-      const __m512 s0 = _mm512_load_ps(p.s0);
+      const __m512 s0 = P::kHalfScale ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.d16)))
+                                      : _mm512_load_ps(p.s0);
       const XBlock* xj = xb + j * xs;
 #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
@@ -348,7 +379,8 @@ struct Avx2 {
           w[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.q[k][8 * h][0]));
           if constexpr (P::kSigned) w[k] = _mm256_xor_si256(w[k], flip);  // back to signed w
         }
-        const __m256 s0 = _mm256_load_ps(p.s0 + 8 * h);
+        const __m256 s0 = P::kHalfScale ? _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p.d16 + 8 * h)))
+                                        : _mm256_load_ps(p.s0 + 8 * h);
         for (int t = 0; t < NT; ++t) {
           const XBlock& x = xj[t];
           __m256i lo, hi;
