@@ -49,7 +49,8 @@ namespace mixtral {
 namespace {
 
 constexpr int kRows = 16;              // rows per group (the lanes of one accumulator)
-constexpr int64_t kChunk = 16;         // 32-column blocks per packed chunk (2 K-quant super-blocks)
+constexpr int64_t kChunk = 8;         // 32-column blocks per packed chunk (a K-quant super-block)
+constexpr int64_t kPrefetchChunks = 3;   // how far ahead the weights are prefetched
 constexpr int64_t kTokenBlock = 64;    // tokens whose activations one pass over the weights uses
 
 inline float half_at(const uint16_t& h) {
@@ -141,24 +142,22 @@ inline void transpose4x4_lanes(__m256i z[4]) {
   z[3] = _mm256_unpackhi_epi64(t1, t3);
 }
 
-void pack_q8_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
-  const __m256i flip = _mm256_set1_epi8(char(0x80));
-  for (int64_t j = 0; j < nb; ++j, ++out) {
-    const size_t off = size_t(b0 + j) * sizeof(BlockQ8_0);
+// ---- quants, AVX2: 8 rows at a time ----
+// q8_0 / q4_0: one block at byte offset off of every row; q4_K / q6_K: the super-block at off
+// into out[0..8).
+
+struct Avx2Quants {
+  static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m256i flip = _mm256_set1_epi8(char(0x80));
     for (int h = 0; h < 2; ++h) {
       __m256i v[8];
       for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + 2);
       transpose8x8(v);
       for (int k = 0; k < 8; ++k) store_rows8(out, k, h, _mm256_xor_si256(v[k], flip));  // w + 128
     }
-    for (int r = 0; r < kRows; ++r) std::memcpy(&out->d16[r], rows[r] + off, 2);
   }
-}
-
-void pack_q4_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  for (int64_t j = 0; j < nb; ++j, ++out) {
-    const size_t off = size_t(b0 + j) * sizeof(BlockQ4_0);
+  static void q4_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int h = 0; h < 2; ++h) {
       const uint8_t* const* rr = rows + 8 * h;
       __m256i z[4];
@@ -169,16 +168,10 @@ void pack_q4_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) 
         store_rows8(out, k + 4, h, _mm256_and_si256(_mm256_srli_epi16(z[k], 4), m4));  // 16+4k..
       }
     }
-    for (int r = 0; r < kRows; ++r) std::memcpy(&out->d16[r], rows[r] + off, 2);
   }
-}
-
-// Q4_K super-block by super-block: group g of 64 values = sub-blocks 2g (low nibbles of
-// qs[32g..32g+32)) and 2g+1 (high nibbles).
-void pack_q4_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F);
-  for (int64_t j = 0; j < nb; j += 8, out += 8) {
-    const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ4_K);
+  // Group g of 64 values = sub-blocks 2g (low nibbles of qs[32g..32g+32)) and 2g+1 (high).
+  static void q4_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int h = 0; h < 2; ++h) {
       for (int g = 0; g < 4; ++g) {
         __m256i v[8];
@@ -190,47 +183,11 @@ void pack_q4_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) 
         }
       }
     }
-    // Scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
-    // transposed so that lane r holds row r's bytes 4c..4c+3 in z[c].
-    alignas(32) uint16_t d16[kRows], dmin16[kRows];
-    for (int r = 0; r < kRows; ++r) {
-      std::memcpy(&d16[r], rows[r] + off, 2);
-      std::memcpy(&dmin16[r], rows[r] + off + 2, 2);
-    }
-    for (int h = 0; h < 2; ++h) {
-      const uint8_t* const* rr = rows + 8 * h;
-      __m256i z[4];
-      for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off, rr[4 + g] + off);
-      transpose4x4_lanes(z);
-      const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
-      const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
-      const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
-      for (int s = 0; s < 8; ++s) {  // q4k_scale_min, lane-wise
-        __m256i sc, m;
-        if (s < 4) {
-          sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
-          m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
-        } else {
-          const int j = s - 4;
-          sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
-                               _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
-          m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
-                              _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
-        }
-        _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
-        _mm256_storeu_ps(out[s].s1 + 8 * h,
-                         _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
-      }
-    }
   }
-}
-
-// Q6_K: activation block 4h + q is quarter q of half h: low 4 bits from ql[64h + 32(q%2) + l]
-// (nibble q/2), high 2 bits from qh[32h + l] >> 2q; scales sc[8h + 2q], sc[8h + 2q + 1].
-void pack_q6_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
-  for (int64_t j = 0; j < nb; j += 8, out += 8) {
-    const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ6_K);
+  // Activation block 4·half + q is quarter q of that half: low 4 bits from
+  // ql[64·half + 32(q%2) + l] (nibble q/2), high 2 bits from qh[32·half + l] >> 2q.
+  static void q6_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
     for (int half = 0; half < 2; ++half) {
       for (int h = 0; h < 2; ++h) {
         __m256i a[8], b[8], hb[8];
@@ -255,26 +212,205 @@ void pack_q6_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) 
         }
       }
     }
-    // Scales: the 16 int8 of each row transposed as for Q4_K (z[c] lane r = row r's scales
-    // 4c..4c+3), sign-extended lane-wise; d stays fp16.
-    alignas(32) uint16_t d16[kRows];
-    for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off + offsetof(BlockQ6_K, d), 2);
-    const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d16));
-    for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].d16), dv);
-    for (int h = 0; h < 2; ++h) {
-      const uint8_t* const* rr = rows + 8 * h;
-      __m256i z[4];
-      const size_t so = off + offsetof(BlockQ6_K, scales);
-      for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + so, rr[4 + g] + so);
-      transpose4x4_lanes(z);
-      auto byte = [&](int i) {  // scales[i] of the 8 rows, as int32
-        return _mm256_srai_epi32(_mm256_slli_epi32(z[i / 4], 24 - 8 * (i % 4)), 24);
-      };
-      for (int s = 0; s < 8; ++s) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i0 + 8 * h), byte(2 * s));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i1 + 8 * h), byte(2 * s + 1));
+  }
+};
+
+// ---- quants, AVX-512: 16 rows at a time, the same bytes ----
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+inline __m512i load_2x256(const uint8_t* lo, const uint8_t* hi) {
+  return _mm512_inserti64x4(_mm512_zextsi256_si512(load256(lo)), load256(hi), 1);
+}
+inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline void store_rows16(Packed* out, int k, __m512i v) { _mm512_store_si512(&out->q[k][0][0], v); }
+
+// v[i] = [row i | row i + 8], 8 dwords each -> v[k] = dword k of rows 0..15 (transpose8x8 in
+// each 256-bit half, then the halves' 128-bit lanes put in row order).
+inline void transpose16x8(__m512i v[8]) {
+  __m512i a[8], b[8];
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  for (int k = 0; k < 4; ++k) {
+    v[k] = _mm512_permutex2var_epi64(b[k], lo, b[4 + k]);
+    v[k + 4] = _mm512_permutex2var_epi64(b[k], hi, b[4 + k]);
+  }
+}
+
+struct Avx512Quants {
+  static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    __m512i v[8];
+    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + off + 2, rows[i + 8] + off + 2);
+    transpose16x8(v);
+    for (int k = 0; k < 8; ++k) store_rows16(out, k, _mm512_xor_si512(v[k], _mm512_set1_epi8(char(0x80))));
+  }
+  static void q4_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i z[4];  // 128-bit lane i of z[g] = row 4i + g
+    for (int g = 0; g < 4; ++g) {
+      z[g] = _mm512_zextsi128_si512(load128(rows[g] + off + 2));
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[4 + g] + off + 2), 1);
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[8 + g] + off + 2), 2);
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[12 + g] + off + 2), 3);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    const __m512i r[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
+                          _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    for (int k = 0; k < 4; ++k) {
+      store_rows16(out, k, _mm512_and_si512(r[k], m4));
+      store_rows16(out, k + 4, _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4));
+    }
+  }
+  static void q4_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int g = 0; g < 4; ++g) {
+      const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
+      __m512i v[8];
+      for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
+      transpose16x8(v);
+      for (int k = 0; k < 8; ++k) {
+        store_rows16(out + 2 * g, k, _mm512_and_si512(v[k], m4));
+        store_rows16(out + 2 * g + 1, k, _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4));
       }
     }
+  }
+  static void q6_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
+    for (int half = 0; half < 2; ++half) {
+      __m512i a[8], b[8], hb[8];
+      const size_t oa = off + 64 * half, ob = oa + 32, oh = off + offsetof(BlockQ6_K, qh) + 32 * half;
+      for (int i = 0; i < 8; ++i) {
+        a[i] = load_2x256(rows[i] + oa, rows[i + 8] + oa);
+        b[i] = load_2x256(rows[i] + ob, rows[i + 8] + ob);
+        hb[i] = load_2x256(rows[i] + oh, rows[i + 8] + oh);
+      }
+      transpose16x8(a);
+      transpose16x8(b);
+      transpose16x8(hb);
+      for (int k = 0; k < 8; ++k) {
+        // (hb >> 2q) & 3, moved to bits 4-5; then OR'ed with the low 4 bits (ternary logic)
+        const __m512i hi[4] = {_mm512_slli_epi16(hb[k], 4), _mm512_slli_epi16(hb[k], 2), hb[k],
+                               _mm512_srli_epi16(hb[k], 2)};
+        const __m512i lo[4] = {a[k], b[k], _mm512_srli_epi16(a[k], 4), _mm512_srli_epi16(b[k], 4)};
+        for (int q = 0; q < 4; ++q)  // (lo & 0x0F) | (hi & 0x30)
+          store_rows16(out + 4 * half + q, k,
+                       _mm512_or_si512(_mm512_and_si512(lo[q], m4), _mm512_and_si512(hi[q], m2)));
+      }
+    }
+  }
+};
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+// ---- scales (AVX2 at every level) ----
+
+// The fp16 d at byte offset off of each row.
+inline void gather_d16(const uint8_t* const* rows, size_t off, uint16_t* d16) {
+  for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off, 2);
+}
+
+// Q4_K scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
+// transposed so that lane r holds row r's bytes 4c..4c+3 in z[c]; then q4k_scale_min lane-wise.
+void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
+  alignas(32) uint16_t d16[kRows], dmin16[kRows];
+  gather_d16(rows, off, d16);
+  gather_d16(rows, off + 2, dmin16);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off, rr[4 + g] + off);
+    transpose4x4_lanes(z);
+    const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
+    const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
+    for (int s = 0; s < 8; ++s) {
+      __m256i sc, m;
+      if (s < 4) {
+        sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
+        m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
+      } else {
+        const int j = s - 4;
+        sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
+                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
+        m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
+                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
+      }
+      _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
+      _mm256_storeu_ps(out[s].s1 + 8 * h,
+                       _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
+    }
+  }
+}
+
+// Q6_K: the 16 int8 scales of each row transposed as for Q4_K, sign-extended lane-wise; d fp16.
+void q6_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
+  alignas(32) uint16_t d16[kRows];
+  gather_d16(rows, off + offsetof(BlockQ6_K, d), d16);
+  const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d16));
+  for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].d16), dv);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    const size_t so = off + offsetof(BlockQ6_K, scales);
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + so, rr[4 + g] + so);
+    transpose4x4_lanes(z);
+    auto byte = [&](int i) {  // scales[i] of the 8 rows, as int32
+      return _mm256_srai_epi32(_mm256_slli_epi32(z[i / 4], 24 - 8 * (i % 4)), 24);
+    };
+    for (int s = 0; s < 8; ++s) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i0 + 8 * h), byte(2 * s));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i1 + 8 * h), byte(2 * s + 1));
+    }
+  }
+}
+
+// ---- packers: blocks [b0, b0 + nb) ----
+
+template <class Q>
+void pack_q8_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
+  for (int64_t j = 0; j < nb; ++j, ++out) {
+    const size_t off = size_t(b0 + j) * sizeof(BlockQ8_0);
+    Q::q8_0(rows, off, out);
+    gather_d16(rows, off, out->d16);
+  }
+}
+template <class Q>
+void pack_q4_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
+  for (int64_t j = 0; j < nb; ++j, ++out) {
+    const size_t off = size_t(b0 + j) * sizeof(BlockQ4_0);
+    Q::q4_0(rows, off, out);
+    gather_d16(rows, off, out->d16);
+  }
+}
+template <class Q>
+void pack_q4_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
+  for (int64_t j = 0; j < nb; j += 8, out += 8) {
+    const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ4_K);
+    Q::q4_K(rows, off, out);
+    q4_K_scales(rows, off, out);
+  }
+}
+template <class Q>
+void pack_q6_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
+  for (int64_t j = 0; j < nb; j += 8, out += 8) {
+    const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ6_K);
+    Q::q6_K(rows, off, out);
+    q6_K_scales(rows, off, out);
   }
 }
 
@@ -312,7 +448,8 @@ struct Q6_KPolicy {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")
 #pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positive (PR 105593)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 template <class P, int NT>
 struct Vnni512 {
@@ -442,16 +579,16 @@ int q8_type(DType t) {
   }
 }
 
-template <template <class, int> class K, int TG>
+template <template <class, int> class K, class Q, int TG>
 std::vector<Q8Kernels> make_table() {
   const auto nt = std::make_integer_sequence<int, TG>{};
-  return {make_kernels<K, Q8_0Policy>(pack_q8_0, nt), make_kernels<K, Q4_0Policy>(pack_q4_0, nt),
-          make_kernels<K, Q4_KPolicy>(pack_q4_K, nt), make_kernels<K, Q6_KPolicy>(pack_q6_K, nt)};
+  return {make_kernels<K, Q8_0Policy>(pack_q8_0<Q>, nt), make_kernels<K, Q4_0Policy>(pack_q4_0<Q>, nt),
+          make_kernels<K, Q4_KPolicy>(pack_q4_K<Q>, nt), make_kernels<K, Q6_KPolicy>(pack_q6_K<Q>, nt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
-const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, 8>();
-const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, 4>();
+const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Avx512Quants, 8>();
+const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Quants, 4>();
 
 bool has_avx512_vnni() {
   static const bool yes = [] {
@@ -513,12 +650,14 @@ void matmul_q8_rows(const Matrix& W, const XBlock* xb, int64_t n_tokens, float* 
       std::memset(acc, 0, sizeof(float) * size_t(nt * kRows));
       for (int64_t c = 0; c < nb; c += kChunk) {
         const int64_t nc = std::min(kChunk, nb - c);
-        {  // prefetch the next chunk of this group, or the first of the next group
-          const bool last = c + kChunk >= nb;
-          const int64_t pg = last ? g + kRows : g, pc = last ? 0 : c + kChunk;
-          const int64_t pr1 = std::min(pg + kRows, r1);
-          const size_t poff = byte_offset(pc), pbytes = byte_offset(std::min(kChunk, nb - pc));
-          for (int64_t r = pg; r < pr1; ++r) prefetch(W.row(r) + poff, pbytes);
+        {  // prefetch the chunk kPrefetchChunks ahead (in this group or the next)
+          int64_t pg = g, pc = c + kPrefetchChunks * kChunk;
+          if (pc >= nb) pg += kRows, pc -= nb;
+          if (pc < nb) {
+            const int64_t pr1 = std::min(pg + kRows, r1);
+            const size_t poff = byte_offset(pc), pbytes = byte_offset(std::min(kChunk, nb - pc));
+            for (int64_t r = pg; r < pr1; ++r) prefetch(W.row(r) + poff, pbytes);
+          }
         }
         ks.pack(rows, c, nc, packed);
         for (int64_t tg = 0; tg < nt; tg += ks.tg) {
