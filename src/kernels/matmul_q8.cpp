@@ -142,11 +142,106 @@ inline void transpose4x4_lanes(__m256i z[4]) {
   z[3] = _mm256_unpackhi_epi64(t1, t3);
 }
 
+// ---- scales (AVX2 at every level) ----
+
+// The fp16 d at byte offset off of each row.
+inline void gather_d16(const uint8_t* const* rows, size_t off, uint16_t* d16) {
+  for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off, 2);
+}
+
+// Q4_K scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
+// transposed so that lane r holds row r's bytes 4c..4c+3 in z[c]; then q4k_scale_min lane-wise.
+void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
+  alignas(32) uint16_t d16[kRows], dmin16[kRows];
+  gather_d16(rows, off, d16);
+  gather_d16(rows, off + 2, dmin16);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off, rr[4 + g] + off);
+    transpose4x4_lanes(z);
+    const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
+    const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
+    for (int s = 0; s < 8; ++s) {
+      __m256i sc, m;
+      if (s < 4) {
+        sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
+        m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
+      } else {
+        const int j = s - 4;
+        sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
+                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
+        m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
+                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
+      }
+      _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
+      _mm256_storeu_ps(out[s].s1 + 8 * h,
+                       _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
+    }
+  }
+}
+
+// Q6_K: the 16 int8 scales of each row transposed as for Q4_K, sign-extended lane-wise; d fp16.
+void q6_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
+  alignas(32) uint16_t d16[kRows];
+  gather_d16(rows, off + offsetof(BlockQ6_K, d), d16);
+  const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d16));
+  for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].d16), dv);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    const size_t so = off + offsetof(BlockQ6_K, scales);
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + so, rr[4 + g] + so);
+    transpose4x4_lanes(z);
+    auto byte = [&](int i) {  // scales[i] of the 8 rows, as int32
+      return _mm256_srai_epi32(_mm256_slli_epi32(z[i / 4], 24 - 8 * (i % 4)), 24);
+    };
+    for (int s = 0; s < 8; ++s) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i0 + 8 * h), byte(2 * s));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i1 + 8 * h), byte(2 * s + 1));
+    }
+  }
+}
+
+// The packers proper, blocks [b0, b0 + nb): defined inside each Quants struct (so that the
+// AVX-512 ones are compiled, and inline their per-block parts, for AVX-512).
+#define MIXTRAL_Q8_PACKERS                                                                     \
+  static void pack_q8_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {     \
+    for (int64_t j = 0; j < nb; ++j, ++out) {                                                  \
+      const size_t off = size_t(b0 + j) * sizeof(BlockQ8_0);                                   \
+      q8_0(rows, off, out);                                                                    \
+      gather_d16(rows, off, out->d16);                                                         \
+    }                                                                                          \
+  }                                                                                            \
+  static void pack_q4_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {     \
+    for (int64_t j = 0; j < nb; ++j, ++out) {                                                  \
+      const size_t off = size_t(b0 + j) * sizeof(BlockQ4_0);                                   \
+      q4_0(rows, off, out);                                                                    \
+      gather_d16(rows, off, out->d16);                                                         \
+    }                                                                                          \
+  }                                                                                            \
+  static void pack_q4_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {     \
+    for (int64_t j = 0; j < nb; j += 8, out += 8) {                                            \
+      const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ4_K);                             \
+      q4_K(rows, off, out);                                                                    \
+      q4_K_scales(rows, off, out);                                                             \
+    }                                                                                          \
+  }                                                                                            \
+  static void pack_q6_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {     \
+    for (int64_t j = 0; j < nb; j += 8, out += 8) {                                            \
+      const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ6_K);                             \
+      q6_K(rows, off, out);                                                                    \
+      q6_K_scales(rows, off, out);                                                             \
+    }                                                                                          \
+  }
+
 // ---- quants, AVX2: 8 rows at a time ----
 // q8_0 / q4_0: one block at byte offset off of every row; q4_K / q6_K: the super-block at off
 // into out[0..8).
 
 struct Avx2Quants {
+  MIXTRAL_Q8_PACKERS
   static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
     const __m256i flip = _mm256_set1_epi8(char(0x80));
     for (int h = 0; h < 2; ++h) {
@@ -251,6 +346,7 @@ inline void transpose16x8(__m512i v[8]) {
 }
 
 struct Avx512Quants {
+  MIXTRAL_Q8_PACKERS
   static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
     __m512i v[8];
     for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + off + 2, rows[i + 8] + off + 2);
@@ -316,103 +412,6 @@ struct Avx512Quants {
 
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
-
-// ---- scales (AVX2 at every level) ----
-
-// The fp16 d at byte offset off of each row.
-inline void gather_d16(const uint8_t* const* rows, size_t off, uint16_t* d16) {
-  for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off, 2);
-}
-
-// Q4_K scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
-// transposed so that lane r holds row r's bytes 4c..4c+3 in z[c]; then q4k_scale_min lane-wise.
-void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
-  alignas(32) uint16_t d16[kRows], dmin16[kRows];
-  gather_d16(rows, off, d16);
-  gather_d16(rows, off + 2, dmin16);
-  for (int h = 0; h < 2; ++h) {
-    const uint8_t* const* rr = rows + 8 * h;
-    __m256i z[4];
-    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off, rr[4 + g] + off);
-    transpose4x4_lanes(z);
-    const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
-    const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
-    const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
-    for (int s = 0; s < 8; ++s) {
-      __m256i sc, m;
-      if (s < 4) {
-        sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
-        m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
-      } else {
-        const int j = s - 4;
-        sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
-                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
-        m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
-                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
-      }
-      _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
-      _mm256_storeu_ps(out[s].s1 + 8 * h,
-                       _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
-    }
-  }
-}
-
-// Q6_K: the 16 int8 scales of each row transposed as for Q4_K, sign-extended lane-wise; d fp16.
-void q6_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
-  alignas(32) uint16_t d16[kRows];
-  gather_d16(rows, off + offsetof(BlockQ6_K, d), d16);
-  const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d16));
-  for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].d16), dv);
-  for (int h = 0; h < 2; ++h) {
-    const uint8_t* const* rr = rows + 8 * h;
-    __m256i z[4];
-    const size_t so = off + offsetof(BlockQ6_K, scales);
-    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + so, rr[4 + g] + so);
-    transpose4x4_lanes(z);
-    auto byte = [&](int i) {  // scales[i] of the 8 rows, as int32
-      return _mm256_srai_epi32(_mm256_slli_epi32(z[i / 4], 24 - 8 * (i % 4)), 24);
-    };
-    for (int s = 0; s < 8; ++s) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i0 + 8 * h), byte(2 * s));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i1 + 8 * h), byte(2 * s + 1));
-    }
-  }
-}
-
-// ---- packers: blocks [b0, b0 + nb) ----
-
-template <class Q>
-void pack_q8_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
-  for (int64_t j = 0; j < nb; ++j, ++out) {
-    const size_t off = size_t(b0 + j) * sizeof(BlockQ8_0);
-    Q::q8_0(rows, off, out);
-    gather_d16(rows, off, out->d16);
-  }
-}
-template <class Q>
-void pack_q4_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
-  for (int64_t j = 0; j < nb; ++j, ++out) {
-    const size_t off = size_t(b0 + j) * sizeof(BlockQ4_0);
-    Q::q4_0(rows, off, out);
-    gather_d16(rows, off, out->d16);
-  }
-}
-template <class Q>
-void pack_q4_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
-  for (int64_t j = 0; j < nb; j += 8, out += 8) {
-    const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ4_K);
-    Q::q4_K(rows, off, out);
-    q4_K_scales(rows, off, out);
-  }
-}
-template <class Q>
-void pack_q6_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
-  for (int64_t j = 0; j < nb; j += 8, out += 8) {
-    const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ6_K);
-    Q::q6_K(rows, off, out);
-    q6_K_scales(rows, off, out);
-  }
-}
 
 // ================================ micro-kernels =================================================
 // Kernel<NT>: for the nb packed blocks and NT tokens: acc[t][16] (in memory) continues the
@@ -582,8 +581,8 @@ int q8_type(DType t) {
 template <template <class, int> class K, class Q, int TG>
 std::vector<Q8Kernels> make_table() {
   const auto nt = std::make_integer_sequence<int, TG>{};
-  return {make_kernels<K, Q8_0Policy>(pack_q8_0<Q>, nt), make_kernels<K, Q4_0Policy>(pack_q4_0<Q>, nt),
-          make_kernels<K, Q4_KPolicy>(pack_q4_K<Q>, nt), make_kernels<K, Q6_KPolicy>(pack_q6_K<Q>, nt)};
+  return {make_kernels<K, Q8_0Policy>(Q::pack_q8_0, nt), make_kernels<K, Q4_0Policy>(Q::pack_q4_0, nt),
+          make_kernels<K, Q4_KPolicy>(Q::pack_q4_K, nt), make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, nt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
