@@ -1,17 +1,17 @@
 // Matrix products against weight matrices of any DType, and the float dot product.
 //
-// Two paths, each with a fixed summation order, so y is bitwise the same for any thread count,
-// any n_tokens (one token at a time == a batch), and the AVX2 and AVX-512 paths:
-//   - quantized weights (Q8_0, Q4_0, Q4_K, Q6_K): x is quantized to int8 blocks of 32 and each
-//     block's products are summed exactly in integers, as llama.cpp does; the order of the
-//     per-block float terms is the contract in matmul_q8.h. set_int8_activations(false) sends
-//     these dtypes through the float path instead (for comparisons).
-//   - everything else (F32, F16, BF16): float products, in this order:
-// Float accumulation order: each output is the sum of
-// 16 partial sums, partial sum l taking the products w[k]*x[k] for k ≡ l (mod 16) in increasing k
-// with one fused multiply-add each; the 16 are then added as a fixed tree. The order depends on
-// nothing else, so y is bitwise the same for any thread count, any n_tokens (one token at a time
-// == a batch), and the AVX2 and AVX-512 paths.
+// Two paths, each with one fixed summation order per output, so y is bitwise the same for any
+// thread count, any n_tokens (one token at a time == a batch), and the AVX2 and AVX-512 paths:
+//   - quantized weights (Q8_0, Q4_0, Q4_K, Q6_K): x is rounded to int8 blocks of 32 values and
+//     each block's products are summed exactly in integers, as llama.cpp does; the per-block
+//     float terms are then added in increasing block order (the contract in matmul_q8.h). The
+//     result differs from the float path by the rounding of x (about 1e-2 relative), the same
+//     rounding llama.cpp applies. set_int8_activations(false) sends these dtypes through the
+//     float path instead (comparisons, tests).
+//   - F32, F16, BF16 (and the quantized dtypes with int8 activations off): float products. Each
+//     output is the sum of 16 partial sums, partial sum l taking the products w[k]*x[k] for
+//     k ≡ l (mod 16) in increasing k with one fused multiply-add each; the 16 are then added as
+//     a fixed tree.
 #pragma once
 #include <cstdint>
 
@@ -27,7 +27,8 @@ namespace mixtral {
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
 // Whether quantized weights multiply int8 activations (default: on). Process-wide; like
-// set_simd_level, not to be changed while kernels run.
+// set_simd_level, not to be changed while kernels run. Either setting is deterministic; they
+// give different (both reproducible) bits.
 void set_int8_activations(bool on);
 bool int8_activations();
 
