@@ -4,7 +4,10 @@
 //
 //   g++ -std=c++20 -O3 -march=x86-64-v3 -Isrc bench/bench_matmul.cpp src/core/*.cpp
 //       src/quant/*.cpp src/kernels/*.cpp -pthread -o /tmp/bench_matmul
-//   /tmp/bench_matmul [threads] [--avx2]
+//   /tmp/bench_matmul [threads] [--avx2] [--float]
+//
+// Quantized dtypes multiply int8 activations (matmul_q8.h); --float runs them through the float
+// path instead. ref::matmul is the float reference in both cases.
 //
 // GFLOP/s counts 2·N·K·tokens; GB/s counts the weight bytes read (x and y are small).
 #include <algorithm>
@@ -47,12 +50,14 @@ int main(int argc, char** argv) {
   int threads = ThreadPool::default_threads();
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--avx2") == 0) set_simd_level(SimdLevel::AVX2);
+    else if (std::strcmp(argv[i], "--float") == 0) set_int8_activations(false);
     else threads = std::max(1, std::atoi(argv[i]));
   }
   const int64_t N = 14336, K = 4096, kPrefill = 64, kRefRows = 512;
   ThreadPool pool(threads);
-  std::printf("W [%lld][%lld], %d threads, %s\n", (long long)N, (long long)K, threads,
-              simd_level() == SimdLevel::AVX512 ? "AVX-512" : "AVX2");
+  std::printf("W [%lld][%lld], %d threads, %s, %s activations for quantized weights\n", (long long)N,
+              (long long)K, threads, simd_level() == SimdLevel::AVX512 ? "AVX-512" : "AVX2",
+              int8_activations() ? "int8" : "float");
 
   // Source weights: Gaussian, σ = 0.02 (the fixtures' scale).
   std::vector<float> src(size_t(N * K));
