@@ -5,7 +5,10 @@
 // for the speed-up ratio. Built with the project (build/bench/bench_matmul); not run by the tests.
 //
 //   bench_matmul [-t THREADS] [--simd avx2|avx512|avx512bf16] [--types bf16,q8_0,...]
-//                [--tokens 1,2,4,8,16,64,512] [--shapes up,down] [--ref] [--cpu-time]
+//                [--tokens 1,2,4,8,16,64,512] [--shapes up,down] [--ref] [--cpu-time] [--float]
+//
+// Quantized dtypes multiply int8 activations (matmul_q8.h); --float runs them through the float
+// path instead. ref::matmul is the float reference in both cases.
 //
 // GFLOP/s counts 2·N·K·tokens; GB/s counts the weight bytes read once (x and y are small).
 #include <algorithm>
@@ -106,16 +109,18 @@ int main(int argc, char** argv) {
     } else if (a == "--shapes") shapes = split(v), ++i;
     else if (a == "--ref") with_ref = true;
     else if (a == "--cpu-time") g_cpu_time = true;
+    else if (a == "--float") set_int8_activations(false);
     else {
       std::fprintf(stderr, "usage: bench_matmul [-t N] [--simd avx2|avx512|avx512bf16] [--types a,b] "
-                           "[--tokens 1,2,..] [--shapes up,down] [--ref] [--cpu-time]\n");
+                           "[--tokens 1,2,..] [--shapes up,down] [--ref] [--cpu-time] [--float]\n");
       return 2;
     }
   }
   const int64_t max_tokens = *std::max_element(tokens.begin(), tokens.end());
   ThreadPool pool(threads);
   g_threads = threads;
-  std::printf("%d threads, %s\n", threads, simd_name(simd_level()));
+  std::printf("%d threads, %s, %s activations for quantized weights\n", threads, simd_name(simd_level()),
+              int8_activations() ? "int8" : "float");
 
   for (const std::string& shape : shapes) {
     const int64_t N = shape == "down" ? 4096 : 14336, K = shape == "down" ? 14336 : 4096;

@@ -7,6 +7,9 @@
 //     thread counts, SIMD levels, batch vs one token at a time; misaligned pointers
 //   - BF16 weights (bf16 dot products): bit-exact with the scalar emulation of vdpbf16ps at every
 //     SIMD level, thread count and token count, subnormals included
+//   - the int8-activation path (quantized weights): activation quantizer == reference; fast ==
+//     ref::matmul_q8 bit for bit (odd row counts, 1..17 tokens, both ISAs); within the
+//     activation-rounding bound of the float reference
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -22,6 +25,7 @@
 #include "kernels/dequant.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_bf16.h"
+#include "kernels/matmul_q8.h"
 #include "quant/blocks.h"
 #include "quant/quantize.h"
 #include "test_util.h"
@@ -425,7 +429,14 @@ void expect_close_to_ref(const Matrix& W, const float* x_in, int64_t T, const fl
   EXPECT_LE(worst, 1e-5) << what;
 }
 
+// The float path (quantized dtypes too, with int8 activations off).
+struct FloatPath {
+  FloatPath() { set_int8_activations(false); }
+  ~FloatPath() { set_int8_activations(true); }
+};
+
 TEST(Matmul, MatchesReferenceOverAwkwardShapes) {
+  const FloatPath float_path;
   ThreadPool pool(1);
   for_each_simd_level([&] {
     for (DType t : kAllTypes) {
@@ -454,14 +465,18 @@ TEST(Matmul, MatchesReferenceOverAwkwardShapes) {
 // all tokens at once or one token per call (decode == prefill); misaligned x, y and W.
 TEST(Matmul, BitwiseReproducible) {
   ThreadPool p1(1), p2(2), p3(3);
+  for (const bool int8 : {false, true})
   for (DType t : kAllTypes) {
+    if (int8 && !int8_activation_dtype(t)) continue;
+    set_int8_activations(int8);
+    SCOPED_TRACE(int8 ? "int8 activations" : "float path");
     const int64_t K = t == DType::F32 || t == DType::F16 || t == DType::BF16 ? 1000 + 7 : 1536;
     const int64_t rows = 67, T = 70;  // several tiles and a partial one; two token groups
     const TestMatrix W(t, rows, K, 99);
     const std::vector<float> x = normal(T * K, 5);
     std::vector<float> base(size_t(T * rows));
     matmul(W.m, x.data(), T, base.data(), p1);
-    expect_close_to_ref(W.m, x.data(), T, base.data(), std::string(dtype_name(t)) + " 67x70");
+    if (!int8) expect_close_to_ref(W.m, x.data(), T, base.data(), std::string(dtype_name(t)) + " 67x70");
 
     auto expect_same = [&](const float* y, const std::string& what) {
       for (int64_t i = 0; i < T * rows; ++i)
@@ -492,6 +507,119 @@ TEST(Matmul, BitwiseReproducible) {
       expect_same(ys.data() + 1, "misaligned");
     }
   }
+  set_int8_activations(true);
+}
+
+// ---- int8 activations ---------------------------------------------------------------------------
+
+const DType kInt8Types[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K};
+
+TEST(Int8Matmul, RoutesQuantizedDtypesOnly) {
+  for (DType t : kAllTypes) EXPECT_EQ(int8_activation_dtype(t), is_quantized(t)) << dtype_name(t);
+}
+
+TEST(Int8Matmul, ActivationQuantizerMatchesReference) {
+  const int64_t T = 3, K = 256;
+  std::vector<float> x = normal(T * K, 3);
+  for (int64_t i = 0; i < 32; ++i) x[size_t(i)] = 0.0f;                          // all-zero block
+  for (int64_t i = 32; i < 64; ++i) x[size_t(i)] = float(i - 48) * 0.5f;        // ties at .5
+  x[100] = 1e-30f;                                                              // tiny values
+  std::vector<XBlock> got(size_t(T * K / 32)), want(got.size());
+  quantize_activations(x.data(), T, K, got.data());
+  ref::quantize_activations(x.data(), T, K, want.data());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(std::memcmp(got[i].qs, want[i].qs, 32), 0) << i;
+    EXPECT_TRUE(same_bits(got[i].d, want[i].d)) << i;
+    EXPECT_EQ(got[i].sum, want[i].sum) << i;
+    EXPECT_EQ(got[i].sum_lo, want[i].sum_lo) << i;
+    EXPECT_TRUE(same_bits(got[i].dsum, want[i].dsum)) << i;
+  }
+  // Block-major layout; a block of zeros has d = 0 and quants 0; |q| <= 127, max reaches 127.
+  EXPECT_EQ(got[0].d, 0.0f);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(got[0].qs[i], 0);
+  const XBlock& b1 = got[size_t(1 * T + 0)];  // token 0, block 1: -8 .. 7.5 in steps of 0.5
+  EXPECT_EQ(b1.qs[0], -127);
+  int sum = 0;
+  for (int i = 0; i < 32; ++i) {
+    EXPECT_NEAR(float(b1.qs[i]) * b1.d, x[size_t(32 + i)], 0.57f * 8.0f / 127.0f) << i;
+    sum += b1.qs[i];
+  }
+  EXPECT_EQ(b1.sum, sum);
+}
+
+// The fast int8 path == ref::matmul_q8, bit for bit, over odd shapes at every SIMD level; and
+// both within the bound that rounding x to int8 allows of the float reference.
+TEST(Int8Matmul, BitExactWithReference) {
+  ThreadPool pool(2);
+  for_each_simd_level([&] {
+    for (DType t : kInt8Types) {
+      const int64_t bs = dtype_info(t).block_size;
+      for (int64_t K : {bs, 2 * bs, 4 * bs + (bs == 32 ? 96 : 0), int64_t(2048)}) {
+        for (int64_t rows : {1, 5, 16, 17, 40}) {
+          const TestMatrix W(t, rows, K, uint32_t(rows * 7 + K));
+          for (int64_t T = 1; T <= 17; T += (K == 2048 ? 4 : 1)) {
+            const std::string what = std::string(dtype_name(t)) + " rows=" + std::to_string(rows) +
+                                     " K=" + std::to_string(K) + " T=" + std::to_string(T);
+            std::vector<float> x = normal(T * K, uint32_t(T * 131 + K), 0.5f);
+            for (int64_t i = 0; i < T * K; i += 29) x[size_t(i)] *= 20.0f;  // outliers
+            std::vector<float> got(size_t(T * rows), NAN), want(size_t(T * rows), NAN);
+            matmul(W.m, x.data(), T, got.data(), pool);
+            ref::matmul_q8(W.m, x.data(), T, want.data());
+            for (int64_t i = 0; i < T * rows; ++i)
+              ASSERT_TRUE(same_bits(got[size_t(i)], want[size_t(i)]))
+                  << what << " i=" << i << ": " << got[size_t(i)] << " vs " << want[size_t(i)];
+            if (K != 2048 || rows != 17) continue;
+            // |y - y_float| <= sum_i |w_i| * |x_i - dq(q(x_i))| + float rounding, where one block's
+            // activation error is at most d/2 + 127 * |fp16(d) - d| <= 0.57 d (d = amax / 127).
+            std::vector<float> yf(size_t(T * rows)), w(static_cast<size_t>(K));
+            ref::matmul(W.m, x.data(), T, yf.data());
+            for (int64_t r = 0; r < rows; ++r) {
+              ref::dequantize_row(t, W.m.row(r), w.data(), K);
+              for (int64_t tt = 0; tt < T; ++tt) {
+                double bound = 0, mag = 0;
+                for (int64_t b = 0; b < K / 32; ++b) {
+                  double amax = 0, wsum = 0;
+                  for (int i = 0; i < 32; ++i) {
+                    const int64_t k = 32 * b + i;
+                    amax = std::max(amax, double(std::fabs(x[size_t(tt * K + k)])));
+                    wsum += std::fabs(double(w[size_t(k)]));
+                    mag += std::fabs(double(w[size_t(k)]) * x[size_t(tt * K + k)]);
+                  }
+                  bound += wsum * 0.57 * amax / 127;
+                }
+                EXPECT_LE(std::fabs(double(got[size_t(tt * rows + r)]) - yf[size_t(tt * rows + r)]),
+                          bound + 1e-5 * mag) << what << " r=" << r;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Hand-built Q8_0 weights and activations that are exact in int8: the product is exact too.
+TEST(Int8Matmul, ExactOnRepresentableValues) {
+  ThreadPool pool(1);
+  for_each_simd_level([&] {
+    std::vector<BlockQ8_0> w(2);
+    std::vector<float> x(64);
+    for (int b = 0; b < 2; ++b) {
+      w[b].d = 0x3800;  // 0.5
+      for (int i = 0; i < 32; ++i) {
+        w[b].qs[i] = int8_t(i % 2 ? -128 + i : 127 - i);  // includes -127 and -128 + 31
+        x[32 * b + i] = float((i * 37) % 255 - 127);       // integers in [-127, 127], max 127 present
+      }
+    }
+    x[5] = 127.0f;
+    x[32 + 5] = -127.0f;
+    double want = 0;
+    for (int k = 0; k < 64; ++k) want += 0.5 * w[k / 32].qs[k % 32] * double(x[k]);
+    const Matrix W{DType::Q8_0, 1, 64, reinterpret_cast<const uint8_t*>(w.data())};
+    float y = NAN;
+    matmul(W, x.data(), 1, &y, pool);
+    EXPECT_EQ(double(y), want);
+  });
 }
 
 // Each token count 1..17 (the server's steps: a few tokens, every split into token blocks) on
@@ -504,7 +632,13 @@ TEST(Matmul, EveryTokenCountEqualsOneTokenAtATime) {
     const std::vector<float> x = normal(kMaxT * K, 9);
     std::vector<float> single(size_t(kMaxT * rows));
     for (int64_t i = 0; i < kMaxT; ++i) matmul(W.m, x.data() + i * K, 1, single.data() + i * rows, p1);
-    expect_close_to_ref(W.m, x.data(), kMaxT, single.data(), std::string(dtype_name(t)) + " one at a time");
+    if (int8_activation_dtype(t)) {  // int8 activations: the reference is ref::matmul_q8, bit for bit
+      std::vector<float> want(single.size());
+      ref::matmul_q8(W.m, x.data(), kMaxT, want.data());
+      for (size_t i = 0; i < want.size(); ++i) ASSERT_TRUE(same_bits(single[i], want[i])) << dtype_name(t) << " i=" << i;
+    } else {
+      expect_close_to_ref(W.m, x.data(), kMaxT, single.data(), std::string(dtype_name(t)) + " one at a time");
+    }
     for (int64_t T = 1; T <= kMaxT; ++T)
       for (ThreadPool* p : {&p1, &p2, &p3}) {
         std::vector<float> y(size_t(T * rows));

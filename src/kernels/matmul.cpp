@@ -31,6 +31,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -42,6 +43,7 @@
 #include "kernels/dequant.h"
 #include "kernels/kernel_util.h"
 #include "kernels/matmul_bf16.h"
+#include "kernels/matmul_q8.h"
 #include "quant/blocks.h"
 
 namespace mixtral {
@@ -463,9 +465,15 @@ void matmul_rows(const Matrix& W, const float* x, int64_t n_tokens, float* y, in
   }
 }
 
+std::atomic<bool> g_int8_activations{true};
+
 }  // namespace
 
+void set_int8_activations(bool on) { g_int8_activations.store(on, std::memory_order_relaxed); }
+bool int8_activations() { return g_int8_activations.load(std::memory_order_relaxed); }
+
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+  if (int8_activations() && int8_activation_dtype(W.dtype)) return matmul_q8(W, x, n_tokens, y, pool);
   const DTypeInfo info = dtype_info(W.dtype);
   if (W.cols % info.block_size != 0)
     fail("matmul", std::string(info.name) + " weights need a multiple of " +

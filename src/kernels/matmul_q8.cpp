@@ -1,0 +1,821 @@
+// y = x·Wᵀ for quantized W through int8 activations (contract in matmul_q8.h).
+//
+// Plan:
+//   1. quantize x once per call into XBlocks, block-major (xb[b][t]): all tokens' block b are
+//      adjacent, which is what the micro-kernel walks.
+//   2. per thread, over its rows in groups of 16 (lanes = rows), per block of up to kTokenBlock
+//      tokens (the weights are read once per token block; decode and the server's small batches
+//      read them exactly once):
+//        for each chunk of kChunk 32-column blocks (prefetching the chunk kPrefetchChunks ahead:
+//        a group reads 16 rows in short bursts, which the hardware prefetchers do not follow):
+//          pack: the 16 rows' blocks into Packed (below): the quants as unsigned bytes with
+//                "dword k of all 16 rows" adjacent (a 4-byte transpose), and per-row scales
+//          for each group of up to 8 (AVX2: 4) tokens: micro-kernel: per block, per token
+//                I[16 rows] = exact int sums (vpdpbusd with the token's 4 quants broadcast; AVX2:
+//                vpmaddubsw + vpmaddwd), then acc[16 rows] = fma(float(I), dw * dx, acc)
+//      The accumulators of a row group live in memory between chunks (acc[token][16]).
+// Lanes are rows, so every output is one sequential chain over its blocks: the same whatever the
+// ISA, the tile shape, the thread count or the number of tokens. The unsigned-times-signed byte
+// products take the weights as the unsigned side: Q4_0 / Q4_K / Q6_K store unsigned quants (the
+// offsets 8 and 32 come back through X, the activation block sum), Q8_0 adds 128 on AVX-512 (and
+// takes back 128·X); AVX2's vpmaddubsw would saturate on that, so it multiplies |w| by sign(w)·x.
+//
+// No fused multiply-add contraction in this file: dw * dx is rounded before its FMA.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "kernels/matmul_q8.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "kernels/dequant.h"
+#include "quant/blocks.h"
+
+namespace mixtral {
+namespace {
+
+// Measured on Zen 5 (2 threads): chunks of 8 prefetched 3 ahead stream decode's weights at
+// 60-90 % of the read bandwidth; 16 or 32 per chunk (bigger prefetch bursts) gave 40-60 %.
+constexpr int kRows = 16;                // rows per group (the lanes of one accumulator)
+constexpr int64_t kChunk = 8;            // 32-column blocks per packed chunk (a K-quant super-block)
+constexpr int64_t kPrefetchChunks = 3;   // how far ahead the weights are prefetched
+constexpr int64_t kTokenBlock = 64;      // tokens whose activations one pass over the weights uses
+
+inline float half_at(const uint16_t& h) {
+  uint16_t v;
+  std::memcpy(&v, &h, 2);
+  return f16_to_f32(v);
+}
+inline int32_t dword_at(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// ================================ activations ===================================================
+
+// One block of 32 activations (shared by the reference and the fast path: it is cheap, and one
+// definition cannot drift from itself). x * id and nearbyint round as the SIMD forms would.
+void quantize_block(const float* x, XBlock* out) {
+  float amax = 0.0f;
+  for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  int32_t sum = 0, sum_lo = 0;
+  for (int i = 0; i < 32; ++i) {
+    const int q = int(std::nearbyint(x[i] * id));
+    out->qs[i] = int8_t(q);
+    sum += q;
+    if (i < 16) sum_lo += q;
+  }
+  out->d = f16_to_f32(f32_to_f16(d));
+  out->sum = sum;
+  out->sum_lo = sum_lo;
+  out->dsum = out->d * float(sum);
+}
+
+// ================================ packed weights ================================================
+
+// 16 rows × one 32-column block, as the micro-kernels read it.
+struct Packed {
+  uint8_t q[8][kRows][4];  // [k][r]: quants 4k..4k+3 of row r, unsigned (see the plan above)
+  float s0[kRows];         // Q4_K: dw = d * sc
+  float s1[kRows];         // Q4_K: -(dmin * m)
+  int32_t i0[kRows];       // Q6_K: scale of values 0..15
+  int32_t i1[kRows];       // Q6_K: scale of values 16..31
+  uint16_t d16[kRows];     // Q8_0, Q4_0, Q6_K: dw = d, still fp16 (the kernel widens 16 at once)
+  uint16_t pad[kRows];
+};
+static_assert(sizeof(Packed) == 832, "Packed is 832 bytes (13 cache lines)");
+
+// Packs blocks [b0, b0 + nb) of 16 rows (rows[r] = start of row r). AVX2, used at every level:
+// the packed bytes are the same however they are computed.
+using PackFn = void (*)(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out);
+
+inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline __m256i load2x128(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(hi), reinterpret_cast<const __m128i*>(lo));
+}
+// out->q[k][8h .. 8h+8) = v[k]
+inline void store_rows8(Packed* out, int k, int h, __m256i v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
+}
+
+// 8 rows of 8 dwords -> v[k] = dword k of the 8 rows.
+inline void transpose8x8(__m256i v[8]) {
+  __m256i a[8], b[8];
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    a[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    b[4 * i + 0] = _mm256_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 1] = _mm256_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 2] = _mm256_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm256_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    v[k] = _mm256_permute2x128_si256(b[k], b[4 + k], 0x20);
+    v[k + 4] = _mm256_permute2x128_si256(b[k], b[4 + k], 0x31);
+  }
+}
+
+// 4 registers, lane 0 = row g, lane 1 = row 4 + g -> r[k] = dword k of rows 0..7.
+inline void transpose4x4_lanes(__m256i z[4]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+  z[0] = _mm256_unpacklo_epi64(t0, t2);
+  z[1] = _mm256_unpackhi_epi64(t0, t2);
+  z[2] = _mm256_unpacklo_epi64(t1, t3);
+  z[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// ---- scales (AVX2 at every level) ----
+
+// The fp16 d at byte offset off of each row.
+inline void gather_d16(const uint8_t* const* rows, size_t off, uint16_t* d16) {
+  for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off, 2);
+}
+
+// Q4_K scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
+// transposed so that lane r holds row r's bytes 4c..4c+3 in z[c]; then q4k_scale_min lane-wise.
+void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
+  alignas(32) uint16_t d16[kRows], dmin16[kRows];
+  gather_d16(rows, off, d16);
+  gather_d16(rows, off + 2, dmin16);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off, rr[4 + g] + off);
+    transpose4x4_lanes(z);
+    const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
+    const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
+    for (int s = 0; s < 8; ++s) {
+      __m256i sc, m;
+      if (s < 4) {
+        sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
+        m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
+      } else {
+        const int j = s - 4;
+        sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
+                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
+        m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
+                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
+      }
+      _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
+      _mm256_storeu_ps(out[s].s1 + 8 * h,
+                       _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
+    }
+  }
+}
+
+// Q6_K: the 16 int8 scales of each row transposed as for Q4_K, sign-extended lane-wise; d fp16.
+void q6_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
+  alignas(32) uint16_t d16[kRows];
+  gather_d16(rows, off + offsetof(BlockQ6_K, d), d16);
+  const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d16));
+  for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].d16), dv);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    const size_t so = off + offsetof(BlockQ6_K, scales);
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + so, rr[4 + g] + so);
+    transpose4x4_lanes(z);
+    auto byte = [&](int i) {  // scales[i] of the 8 rows, as int32
+      return _mm256_srai_epi32(_mm256_slli_epi32(z[i / 4], 24 - 8 * (i % 4)), 24);
+    };
+    for (int s = 0; s < 8; ++s) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i0 + 8 * h), byte(2 * s));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i1 + 8 * h), byte(2 * s + 1));
+    }
+  }
+}
+
+// The packers proper, blocks [b0, b0 + nb): defined inside each Quants struct (so that the
+// AVX-512 ones are compiled, and inline their per-block parts, for AVX-512).
+#define MIXTRAL_Q8_PACKERS                                                                     \
+  static void pack_q8_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {     \
+    for (int64_t j = 0; j < nb; ++j, ++out) {                                                  \
+      const size_t off = size_t(b0 + j) * sizeof(BlockQ8_0);                                   \
+      q8_0(rows, off, out);                                                                    \
+      gather_d16(rows, off, out->d16);                                                         \
+    }                                                                                          \
+  }                                                                                            \
+  static void pack_q4_0(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {     \
+    for (int64_t j = 0; j < nb; ++j, ++out) {                                                  \
+      const size_t off = size_t(b0 + j) * sizeof(BlockQ4_0);                                   \
+      q4_0(rows, off, out);                                                                    \
+      gather_d16(rows, off, out->d16);                                                         \
+    }                                                                                          \
+  }                                                                                            \
+  static void pack_q4_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {     \
+    for (int64_t j = 0; j < nb; j += 8, out += 8) {                                            \
+      const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ4_K);                             \
+      q4_K(rows, off, out);                                                                    \
+      q4_K_scales(rows, off, out);                                                             \
+    }                                                                                          \
+  }                                                                                            \
+  static void pack_q6_K(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {     \
+    for (int64_t j = 0; j < nb; j += 8, out += 8) {                                            \
+      const size_t off = size_t((b0 + j) / 8) * sizeof(BlockQ6_K);                             \
+      q6_K(rows, off, out);                                                                    \
+      q6_K_scales(rows, off, out);                                                             \
+    }                                                                                          \
+  }
+
+// ---- quants, AVX2: 8 rows at a time ----
+// q8_0 / q4_0: one block at byte offset off of every row; q4_K / q6_K: the super-block at off
+// into out[0..8).
+
+struct Avx2Quants {
+  MIXTRAL_Q8_PACKERS
+  static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m256i flip = _mm256_set1_epi8(char(0x80));
+    for (int h = 0; h < 2; ++h) {
+      __m256i v[8];
+      for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + 2);
+      transpose8x8(v);
+      for (int k = 0; k < 8; ++k) store_rows8(out, k, h, _mm256_xor_si256(v[k], flip));  // w + 128
+    }
+  }
+  static void q4_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* const* rr = rows + 8 * h;
+      __m256i z[4];
+      for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off + 2, rr[4 + g] + off + 2);
+      transpose4x4_lanes(z);
+      for (int k = 0; k < 4; ++k) {
+        store_rows8(out, k, h, _mm256_and_si256(z[k], m4));                              // 4k..
+        store_rows8(out, k + 4, h, _mm256_and_si256(_mm256_srli_epi16(z[k], 4), m4));  // 16+4k..
+      }
+    }
+  }
+  // Group g of 64 values = sub-blocks 2g (low nibbles of qs[32g..32g+32)) and 2g+1 (high).
+  static void q4_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int h = 0; h < 2; ++h) {
+      for (int g = 0; g < 4; ++g) {
+        __m256i v[8];
+        for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + offsetof(BlockQ4_K, qs) + 32 * g);
+        transpose8x8(v);
+        for (int k = 0; k < 8; ++k) {
+          store_rows8(out + 2 * g, k, h, _mm256_and_si256(v[k], m4));
+          store_rows8(out + 2 * g + 1, k, h, _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4));
+        }
+      }
+    }
+  }
+  // Activation block 4·half + q is quarter q of that half: low 4 bits from
+  // ql[64·half + 32(q%2) + l] (nibble q/2), high 2 bits from qh[32·half + l] >> 2q.
+  static void q6_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+    for (int half = 0; half < 2; ++half) {
+      for (int h = 0; h < 2; ++h) {
+        __m256i a[8], b[8], hb[8];
+        for (int i = 0; i < 8; ++i) {
+          const uint8_t* p = rows[8 * h + i] + off;
+          a[i] = load256(p + 64 * half);
+          b[i] = load256(p + 64 * half + 32);
+          hb[i] = load256(p + offsetof(BlockQ6_K, qh) + 32 * half);
+        }
+        transpose8x8(a);
+        transpose8x8(b);
+        transpose8x8(hb);
+        for (int k = 0; k < 8; ++k) {
+          const __m256i hi[4] = {_mm256_and_si256(_mm256_slli_epi16(hb[k], 4), m2),
+                                 _mm256_and_si256(_mm256_slli_epi16(hb[k], 2), m2),
+                                 _mm256_and_si256(hb[k], m2),
+                                 _mm256_and_si256(_mm256_srli_epi16(hb[k], 2), m2)};
+          const __m256i lo[4] = {_mm256_and_si256(a[k], m4), _mm256_and_si256(b[k], m4),
+                                 _mm256_and_si256(_mm256_srli_epi16(a[k], 4), m4),
+                                 _mm256_and_si256(_mm256_srli_epi16(b[k], 4), m4)};
+          for (int q = 0; q < 4; ++q) store_rows8(out + 4 * half + q, k, h, _mm256_or_si256(lo[q], hi[q]));
+        }
+      }
+    }
+  }
+};
+
+// ---- quants, AVX-512: 16 rows at a time, the same bytes ----
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+inline __m512i load_2x256(const uint8_t* lo, const uint8_t* hi) {
+  return _mm512_inserti64x4(_mm512_zextsi256_si512(load256(lo)), load256(hi), 1);
+}
+inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline void store_rows16(Packed* out, int k, __m512i v) { _mm512_store_si512(&out->q[k][0][0], v); }
+
+// v[i] = [row i | row i + 8], 8 dwords each -> v[k] = dword k of rows 0..15 (transpose8x8 in
+// each 256-bit half, then the halves' 128-bit lanes put in row order).
+inline void transpose16x8(__m512i v[8]) {
+  __m512i a[8], b[8];
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  for (int k = 0; k < 4; ++k) {
+    v[k] = _mm512_permutex2var_epi64(b[k], lo, b[4 + k]);
+    v[k + 4] = _mm512_permutex2var_epi64(b[k], hi, b[4 + k]);
+  }
+}
+
+struct Avx512Quants {
+  MIXTRAL_Q8_PACKERS
+  static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    __m512i v[8];
+    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + off + 2, rows[i + 8] + off + 2);
+    transpose16x8(v);
+    for (int k = 0; k < 8; ++k) store_rows16(out, k, _mm512_xor_si512(v[k], _mm512_set1_epi8(char(0x80))));
+  }
+  static void q4_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i z[4];  // 128-bit lane i of z[g] = row 4i + g
+    for (int g = 0; g < 4; ++g) {
+      z[g] = _mm512_zextsi128_si512(load128(rows[g] + off + 2));
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[4 + g] + off + 2), 1);
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[8 + g] + off + 2), 2);
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[12 + g] + off + 2), 3);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    const __m512i r[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
+                          _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    for (int k = 0; k < 4; ++k) {
+      store_rows16(out, k, _mm512_and_si512(r[k], m4));
+      store_rows16(out, k + 4, _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4));
+    }
+  }
+  static void q4_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int g = 0; g < 4; ++g) {
+      const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
+      __m512i v[8];
+      for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
+      transpose16x8(v);
+      for (int k = 0; k < 8; ++k) {
+        store_rows16(out + 2 * g, k, _mm512_and_si512(v[k], m4));
+        store_rows16(out + 2 * g + 1, k, _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4));
+      }
+    }
+  }
+  static void q6_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
+    for (int half = 0; half < 2; ++half) {
+      __m512i a[8], b[8], hb[8];
+      const size_t oa = off + 64 * half, ob = oa + 32, oh = off + offsetof(BlockQ6_K, qh) + 32 * half;
+      for (int i = 0; i < 8; ++i) {
+        a[i] = load_2x256(rows[i] + oa, rows[i + 8] + oa);
+        b[i] = load_2x256(rows[i] + ob, rows[i + 8] + ob);
+        hb[i] = load_2x256(rows[i] + oh, rows[i + 8] + oh);
+      }
+      transpose16x8(a);
+      transpose16x8(b);
+      transpose16x8(hb);
+      for (int k = 0; k < 8; ++k) {
+        // (hb >> 2q) & 3, moved to bits 4-5; then OR'ed with the low 4 bits (ternary logic)
+        const __m512i hi[4] = {_mm512_slli_epi16(hb[k], 4), _mm512_slli_epi16(hb[k], 2), hb[k],
+                               _mm512_srli_epi16(hb[k], 2)};
+        const __m512i lo[4] = {a[k], b[k], _mm512_srli_epi16(a[k], 4), _mm512_srli_epi16(b[k], 4)};
+        for (int q = 0; q < 4; ++q)  // (lo & 0x0F) | (hi & 0x30)
+          store_rows16(out + 4 * half + q, k,
+                       _mm512_or_si512(_mm512_and_si512(lo[q], m4), _mm512_and_si512(hi[q], m2)));
+      }
+    }
+  }
+};
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+// ================================ micro-kernels =================================================
+// Kernel<NT>: for the nb packed blocks and NT tokens: acc[t][16] (in memory) continues the
+// contract's chain with blocks b0 .. b0+nb. xb: the group's first token's XBlock of block b0;
+// block j of token t is at xb[j * x_stride + t].
+using MicroKernel = void (*)(const Packed* pw, int64_t nb, const XBlock* xb, int64_t x_stride, float* acc);
+
+// What differs between dtypes: the integer offset folded into I, how the two halves of I
+// combine, and the min term.
+struct Q8_0Policy {  // AVX-512 path stores w + 128
+  static int32_t corr_lo(const XBlock& x) { return -128 * x.sum; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = true, kHalves = false, kMin = false, kHalfScale = true;
+};
+struct Q4_0Policy {
+  static int32_t corr_lo(const XBlock& x) { return -8 * x.sum; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = false, kHalves = false, kMin = false, kHalfScale = true;
+};
+struct Q4_KPolicy {
+  static int32_t corr_lo(const XBlock&) { return 0; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = false, kHalves = false, kMin = true, kHalfScale = false;
+};
+struct Q6_KPolicy {
+  static int32_t corr_lo(const XBlock& x) { return -32 * x.sum_lo; }
+  static int32_t corr_hi(const XBlock& x) { return -32 * (x.sum - x.sum_lo); }
+  static constexpr bool kSigned = false, kHalves = true, kMin = false, kHalfScale = true;
+};
+
+// ---- AVX-512 VNNI: one zmm = 16 rows ----
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+template <class P, int NT>
+struct Vnni512 {
+  static void run(const Packed* pw, int64_t nb, const XBlock* xb, int64_t xs, float* acc) {
+    __m512 f[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) f[t] = _mm512_loadu_ps(acc + t * kRows);
+    for (int64_t j = 0; j < nb; ++j) {
+      const Packed& p = pw[j];
+      __m512i w[8];
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(&p.q[k][0][0]);
+      const __m512 s0 = P::kHalfScale ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.d16)))
+                                      : _mm512_load_ps(p.s0);
+      const XBlock* xj = xb + j * xs;
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const XBlock& x = xj[t];
+        __m512i lo = _mm512_set1_epi32(P::corr_lo(x)), hi = _mm512_set1_epi32(P::corr_hi(x));
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_set1_epi32(dword_at(x.qs + 4 * k)));
+          hi = _mm512_dpbusd_epi32(hi, w[k + 4], _mm512_set1_epi32(dword_at(x.qs + 16 + 4 * k)));
+        }
+        __m512i I;
+        if constexpr (P::kHalves)
+          I = _mm512_add_epi32(_mm512_mullo_epi32(lo, _mm512_load_si512(p.i0)),
+                               _mm512_mullo_epi32(hi, _mm512_load_si512(p.i1)));
+        else
+          I = _mm512_add_epi32(lo, hi);
+        f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(s0, _mm512_set1_ps(x.d)), f[t]);
+        if constexpr (P::kMin) f[t] = _mm512_fmadd_ps(_mm512_load_ps(p.s1), _mm512_set1_ps(x.dsum), f[t]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(acc + t * kRows, f[t]);
+  }
+};
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+// ---- AVX2: two ymm (rows 0-7, 8-15) ----
+
+// Exact sums of 4 products per int32 lane: vpmaddubsw (u8 × s8 pairs, exact for these ranges)
+// then vpmaddwd with ones.
+inline __m256i dot4(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+template <class P, int NT>
+struct Avx2 {
+  static void run(const Packed* pw, int64_t nb, const XBlock* xb, int64_t xs, float* acc) {
+    __m256 f[NT][2];
+    for (int t = 0; t < NT; ++t)
+      for (int h = 0; h < 2; ++h) f[t][h] = _mm256_loadu_ps(acc + t * kRows + 8 * h);
+    const __m256i flip = _mm256_set1_epi8(char(0x80));
+    for (int64_t j = 0; j < nb; ++j) {
+      const Packed& p = pw[j];
+      const XBlock* xj = xb + j * xs;
+      for (int h = 0; h < 2; ++h) {
+        __m256i w[8];
+        for (int k = 0; k < 8; ++k) {
+          w[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.q[k][8 * h][0]));
+          if constexpr (P::kSigned) w[k] = _mm256_xor_si256(w[k], flip);  // back to signed w
+        }
+        const __m256 s0 = P::kHalfScale ? _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p.d16 + 8 * h)))
+                                        : _mm256_load_ps(p.s0 + 8 * h);
+        for (int t = 0; t < NT; ++t) {
+          const XBlock& x = xj[t];
+          __m256i lo, hi;
+          if constexpr (P::kSigned) {  // |w| · (sign(w) x): no offset, so no correction
+            lo = hi = _mm256_setzero_si256();
+            for (int k = 0; k < 4; ++k) {
+              const __m256i xl = _mm256_set1_epi32(dword_at(x.qs + 4 * k));
+              const __m256i xh = _mm256_set1_epi32(dword_at(x.qs + 16 + 4 * k));
+              lo = _mm256_add_epi32(lo, dot4(_mm256_abs_epi8(w[k]), _mm256_sign_epi8(xl, w[k])));
+              hi = _mm256_add_epi32(hi, dot4(_mm256_abs_epi8(w[k + 4]), _mm256_sign_epi8(xh, w[k + 4])));
+            }
+          } else {
+            lo = _mm256_set1_epi32(P::corr_lo(x));
+            hi = _mm256_set1_epi32(P::corr_hi(x));
+            for (int k = 0; k < 4; ++k) {
+              lo = _mm256_add_epi32(lo, dot4(w[k], _mm256_set1_epi32(dword_at(x.qs + 4 * k))));
+              hi = _mm256_add_epi32(hi, dot4(w[k + 4], _mm256_set1_epi32(dword_at(x.qs + 16 + 4 * k))));
+            }
+          }
+          __m256i I;
+          if constexpr (P::kHalves)
+            I = _mm256_add_epi32(_mm256_mullo_epi32(lo, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.i0 + 8 * h))),
+                                 _mm256_mullo_epi32(hi, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.i1 + 8 * h))));
+          else
+            I = _mm256_add_epi32(lo, hi);
+          f[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(s0, _mm256_set1_ps(x.d)), f[t][h]);
+          if constexpr (P::kMin)
+            f[t][h] = _mm256_fmadd_ps(_mm256_load_ps(p.s1 + 8 * h), _mm256_set1_ps(x.dsum), f[t][h]);
+        }
+      }
+    }
+    for (int t = 0; t < NT; ++t)
+      for (int h = 0; h < 2; ++h) _mm256_storeu_ps(acc + t * kRows + 8 * h, f[t][h]);
+  }
+};
+
+// ================================ kernel tables =================================================
+
+constexpr int kMaxTg = 8;
+struct Q8Kernels {
+  int tg;                        // tokens per micro-kernel call
+  PackFn pack;
+  MicroKernel kernel[kMaxTg];    // [NT - 1]
+};
+
+template <template <class, int> class K, class P, int... NT>
+Q8Kernels make_kernels(PackFn pack, std::integer_sequence<int, NT...>) {
+  return Q8Kernels{int(sizeof...(NT)), pack, {&K<P, NT + 1>::run...}};
+}
+
+enum Q8Type { kQ8_0, kQ4_0, kQ4_K, kQ6_K, kNumQ8Types };
+int q8_type(DType t) {
+  switch (t) {
+    case DType::Q8_0: return kQ8_0;
+    case DType::Q4_0: return kQ4_0;
+    case DType::Q4_K: return kQ4_K;
+    case DType::Q6_K: return kQ6_K;
+    default: return -1;
+  }
+}
+
+template <template <class, int> class K, class Q, int TG>
+std::vector<Q8Kernels> make_table() {
+  const auto nt = std::make_integer_sequence<int, TG>{};
+  return {make_kernels<K, Q8_0Policy>(Q::pack_q8_0, nt), make_kernels<K, Q4_0Policy>(Q::pack_q4_0, nt),
+          make_kernels<K, Q4_KPolicy>(Q::pack_q4_K, nt), make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, nt)};
+}
+
+// 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
+const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Avx512Quants, 8>();
+const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Quants, 4>();
+
+bool has_avx512_vnni() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return yes;
+}
+
+const Q8Kernels& kernels_for(DType t) {
+  const bool vnni = simd_level() >= SimdLevel::AVX512 && has_avx512_vnni();
+  return (vnni ? kVnni512 : kAvx2)[size_t(q8_type(t))];
+}
+
+// ================================ driver ========================================================
+
+// A 64-byte aligned buffer that only grows (one per thread: no allocation once it is big enough).
+template <class T>
+class Scratch {
+ public:
+  T* get(size_t n) {
+    if (n > cap_) {
+      buf_.reset(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)));
+      if (!buf_) throw std::bad_alloc();
+      cap_ = n;
+    }
+    return buf_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> buf_;
+  size_t cap_ = 0;
+};
+
+inline void prefetch(const uint8_t* p, size_t bytes) {
+  for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+}
+
+void matmul_q8_rows(const Matrix& W, const XBlock* xb, int64_t n_tokens, float* y, int64_t r0,
+                    int64_t r1, const Q8Kernels& ks) {
+  thread_local Scratch<Packed> pack_scratch;
+  thread_local Scratch<float> acc_scratch;
+  const int64_t N = W.rows, nb = W.cols / 32;
+  const DTypeInfo info = dtype_info(W.dtype);
+  const int64_t per_block = info.block_size / 32;  // 32-column blocks per dtype block
+  auto byte_offset = [&](int64_t b) { return size_t(b / per_block) * info.block_bytes; };
+  Packed* packed = pack_scratch.get(size_t(kChunk));
+  float* acc = acc_scratch.get(size_t(kTokenBlock * kRows));
+
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokenBlock) {
+    const int64_t nt = std::min(kTokenBlock, n_tokens - t0);
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const int64_t nr = std::min<int64_t>(kRows, r1 - g);
+      const uint8_t* rows[kRows];
+      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min<int64_t>(r, nr - 1));
+      std::memset(acc, 0, sizeof(float) * size_t(nt * kRows));
+      for (int64_t c = 0; c < nb; c += kChunk) {
+        const int64_t nc = std::min(kChunk, nb - c);
+        {  // prefetch the chunk kPrefetchChunks ahead (in this group or the next)
+          int64_t pg = g, pc = c + kPrefetchChunks * kChunk;
+          if (pc >= nb) pg += kRows, pc -= nb;
+          if (pc < nb) {
+            const int64_t pr1 = std::min(pg + kRows, r1);
+            const size_t poff = byte_offset(pc), pbytes = byte_offset(std::min(kChunk, nb - pc));
+            for (int64_t r = pg; r < pr1; ++r) prefetch(W.row(r) + poff, pbytes);
+          }
+        }
+        ks.pack(rows, c, nc, packed);
+        for (int64_t tg = 0; tg < nt; tg += ks.tg) {
+          const int64_t ntg = std::min<int64_t>(ks.tg, nt - tg);
+          ks.kernel[ntg - 1](packed, nc, xb + c * n_tokens + t0 + tg, n_tokens, acc + tg * kRows);
+        }
+      }
+      for (int64_t t = 0; t < nt; ++t)
+        std::memcpy(y + (t0 + t) * N + g, acc + t * kRows, sizeof(float) * size_t(nr));
+    }
+  }
+}
+
+// ---- activations, fast: 8 lanes at a time, the same operations as quantize_block ----
+
+void quantize_block_avx2(const float* x, XBlock* out) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 v[4], m = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[i]));
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float d = amax / 127.0f;
+  const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+  __m256i q[4];
+  for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id));  // round to nearest even
+  // int32 -> int8 in order: packs work within 128-bit lanes, the permute puts them back.
+  const __m256i q16a = _mm256_packs_epi32(q[0], q[1]), q16b = _mm256_packs_epi32(q[2], q[3]);
+  const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16a, q16b),
+                                                 _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out->qs), q8);
+  const __m256i s_lo = _mm256_add_epi32(q[0], q[1]), s_all = _mm256_add_epi32(s_lo, _mm256_add_epi32(q[2], q[3]));
+  auto hsum = [](__m256i s) {
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+    return _mm_cvtsi128_si32(t);
+  };
+  out->d = f16_to_f32(f32_to_f16(d));
+  out->sum = hsum(s_all);
+  out->sum_lo = hsum(s_lo);
+  out->dsum = out->d * float(out->sum);
+}
+
+void check_cols(const char* where, int64_t K) {
+  if (K % 32 != 0) fail(where, "activations need a multiple of 32 columns, got " + std::to_string(K));
+}
+
+}  // namespace
+
+bool int8_activation_dtype(DType t) { return q8_type(t) >= 0; }
+
+void quantize_activations(const float* x, int64_t n_tokens, int64_t K, XBlock* xb) {
+  check_cols("quantize_activations", K);
+  const int64_t nb = K / 32;
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t b = 0; b < nb; ++b) quantize_block_avx2(x + t * K + 32 * b, xb + b * n_tokens + t);
+}
+
+void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+  if (!int8_activation_dtype(W.dtype)) fail("matmul_q8", std::string("no int8 path for ") + dtype_name(W.dtype));
+  const DTypeInfo info = dtype_info(W.dtype);
+  if (W.cols % info.block_size != 0)
+    fail("matmul", std::string(info.name) + " weights need a multiple of " +
+                       std::to_string(info.block_size) + " columns, got " + std::to_string(W.cols));
+  if (n_tokens <= 0 || W.rows <= 0) return;
+  if (W.cols == 0) {
+    std::fill(y, y + n_tokens * W.rows, 0.0f);
+    return;
+  }
+  thread_local Scratch<XBlock> x_scratch;  // the calling thread's; the workers only read it
+  XBlock* xb = x_scratch.get(size_t(n_tokens * (W.cols / 32)));
+  quantize_activations(x, n_tokens, W.cols, xb);
+  const Q8Kernels& ks = kernels_for(W.dtype);
+  pool.parallel_for(
+      W.rows, [&](int64_t r0, int64_t r1) { matmul_q8_rows(W, xb, n_tokens, y, r0, r1, ks); }, kRows);
+}
+
+namespace ref {
+
+void quantize_activations(const float* x, int64_t n_tokens, int64_t K, XBlock* xb) {
+  check_cols("ref::quantize_activations", K);
+  const int64_t nb = K / 32;
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t b = 0; b < nb; ++b) quantize_block(x + t * K + 32 * b, xb + b * n_tokens + t);
+}
+
+void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y) {
+  if (!int8_activation_dtype(W.dtype)) fail("ref::matmul_q8", std::string("no int8 path for ") + dtype_name(W.dtype));
+  const int64_t K = W.cols, N = W.rows, nb = K / 32;
+  std::vector<XBlock> xb(size_t(n_tokens * nb));
+  ref::quantize_activations(x, n_tokens, K, xb.data());
+  for (int64_t r = 0; r < N; ++r) {
+    const uint8_t* row = W.row(r);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const XBlock& xq = xb[size_t(b * n_tokens + t)];
+        int32_t I = 0;
+        float dw = 0.0f, min_term = 0.0f;
+        switch (W.dtype) {
+          case DType::Q8_0: {
+            const auto& blk = reinterpret_cast<const BlockQ8_0*>(row)[b];
+            for (int i = 0; i < 32; ++i) I += int32_t(blk.qs[i]) * xq.qs[i];
+            dw = half_at(blk.d);
+            break;
+          }
+          case DType::Q4_0: {
+            const auto& blk = reinterpret_cast<const BlockQ4_0*>(row)[b];
+            for (int i = 0; i < 32; ++i) {
+              const int q = i < 16 ? blk.qs[i] & 0xF : blk.qs[i - 16] >> 4;
+              I += (q - 8) * xq.qs[i];
+            }
+            dw = half_at(blk.d);
+            break;
+          }
+          case DType::Q4_K: {
+            const auto& blk = reinterpret_cast<const BlockQ4_K*>(row)[b / 8];
+            const int s = int(b % 8), g = s / 2;
+            for (int i = 0; i < 32; ++i) {
+              const int q = s % 2 == 0 ? blk.qs[32 * g + i] & 0xF : blk.qs[32 * g + i] >> 4;
+              I += q * xq.qs[i];
+            }
+            uint8_t sc, m;
+            q4k_scale_min(s, blk.scales, &sc, &m);
+            dw = half_at(blk.d) * float(sc);
+            min_term = -(half_at(blk.dmin) * float(m));
+            break;
+          }
+          case DType::Q6_K: {
+            const auto& blk = reinterpret_cast<const BlockQ6_K*>(row)[b / 8];
+            const int s = int(b % 8), h = s / 4, q = s % 4;
+            int32_t half_sum[2] = {0, 0};
+            for (int i = 0; i < 32; ++i) {
+              const int low4 = (blk.ql[64 * h + 32 * (q % 2) + i] >> (4 * (q / 2))) & 0xF;
+              const int high2 = (blk.qh[32 * h + i] >> (2 * q)) & 3;
+              half_sum[i / 16] += ((low4 | (high2 << 4)) - 32) * xq.qs[i];
+            }
+            I = blk.scales[2 * s] * half_sum[0] + blk.scales[2 * s + 1] * half_sum[1];
+            dw = half_at(blk.d);
+            break;
+          }
+          default: break;
+        }
+        acc = std::fma(float(I), dw * xq.d, acc);
+        if (W.dtype == DType::Q4_K) acc = std::fma(min_term, xq.dsum, acc);
+      }
+      y[t * N + r] = acc;
+    }
+  }
+}
+
+}  // namespace ref
+
+}  // namespace mixtral
