@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/attention.h"
 #include "model/batch.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -28,8 +29,9 @@ struct State {
   std::vector<float> v;        // [T][kv_dim]
   std::vector<float> att;      // [T][q_dim]     attention output before wo
   std::vector<float> proj;     // [T][dim]       output of wo / of the MoE
-  std::vector<float> scores;   // [threads][max_ctx]  attention scores, one row per thread
   std::vector<float> inv_freq;  // [head_dim/2]  RoPE frequencies
+  std::vector<QueryRun> runs;   // the batch's runs of consecutive tokens of one sequence
+  AttentionScratch attn;        // per-thread tiles of the attention kernel
 
   // MoE: routing and tokens grouped by expert (a "slot" is one (token, rank) pair).
   std::vector<float> router_logits;  // [T][n_experts]
