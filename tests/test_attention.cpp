@@ -3,7 +3,7 @@
 //     sliding windows, page sizes that do and do not line up with the key tiles, at every SIMD level
 //   - a token's output is bitwise the same alone, inside a long prompt, split across runs in any
 //     way, beside other sequences, for 1–3 threads and at both SIMD levels
-//   - positions no query sees are never read (they hold NaN here)
+//   - positions no query sees are never read (they hold NaN here); the output may replace q
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -163,6 +163,22 @@ TEST(Attention, TokenOutputDoesNotDependOnTheBatch) {
       }
     });
   }
+}
+
+TEST(Attention, InPlaceOverTheQueries) {
+  const AttentionShape sh{8, 2, 32, 0};
+  PagedKV kv(sh, 1, 48, 16, 13);
+  kv.fill(0, 0, 40, 14);
+  const auto q = normal(40 * sh.q_dim(), 15);
+  std::vector<float> want(q.size()), inplace = q;
+  fast(sh, {{0, 0, 40, q.data(), want.data()}}, kv, 2);
+  fast(sh, {{0, 0, 40, inplace.data(), inplace.data()}}, kv, 2);
+  EXPECT_EQ(0, std::memcmp(inplace.data(), want.data(), want.size() * sizeof(float)));
+  std::vector<float> ref_out(q.size()), ref_inplace = q;
+  const QueryRun a{0, 0, 40, q.data(), ref_out.data()}, b{0, 0, 40, ref_inplace.data(), ref_inplace.data()};
+  ref::attention(sh, &a, 1, kv);
+  ref::attention(sh, &b, 1, kv);
+  EXPECT_EQ(0, std::memcmp(ref_inplace.data(), ref_out.data(), ref_out.size() * sizeof(float)));
 }
 
 TEST(Attention, NeverReadsPositionsNoQuerySees) {

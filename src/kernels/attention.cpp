@@ -12,6 +12,8 @@
 //     m' = max(m, max_j S[j]);  α = 2^(m − m');  P[j] = 2^(S[j] − m');  l = α·l + Σ_j P[j]
 //     Ot[d] = α·Ot[d] + Σ_j P[j] · v[t0+j][d]
 //   out[r][d] = Ot[d][r] / l[r]
+// An item reads its queries before it writes their outputs, and no other item touches either,
+// so out may be q.
 //
 // A row that sees no key of a tile is left exactly as it was (α = 1, P = 0 against finite
 // values), keys no row of the item sees are never read (a zero vector stands in for them), and

@@ -46,7 +46,7 @@ struct QueryRun {
   int seq = 0;
   int64_t pos = 0, n = 0;
   const float* q = nullptr;  // [n][q_dim] (after RoPE)
-  float* out = nullptr;      // [n][q_dim]
+  float* out = nullptr;      // [n][q_dim]; may be q (the output then replaces the queries)
 };
 
 // Per-thread buffers, sized once for a shape and a thread count (forward() allocates nothing).

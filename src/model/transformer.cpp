@@ -17,7 +17,8 @@ AttentionShape attention_shape(const Config& c) {
 }
 }  // namespace
 
-State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_threads) : max_tokens(max_tokens_) {
+State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_threads)
+    : max_tokens(max_tokens_), dim_(c.dim), vocab_(c.vocab_size) {
   const size_t T = size_t(max_tokens), k = size_t(c.is_moe() ? c.n_experts_used : 1);
   const size_t E = size_t(c.is_moe() ? c.n_experts : 1);
   x.resize(T * c.dim);
@@ -25,7 +26,6 @@ State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_thread
   q.resize(T * c.q_dim());
   this->k.resize(T * c.kv_dim());
   v.resize(T * c.kv_dim());
-  att.resize(T * c.q_dim());
   proj.resize(T * c.dim);
   runs.reserve(T);
   attn = AttentionScratch(attention_shape(c), std::max(1, n_threads));
@@ -43,8 +43,14 @@ State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_thread
   ex_h3.resize(T * k * c.ffn_dim);
   ex_out.resize(T * k * c.dim);
   out_rows.reserve(T);
-  out_x.resize(T * c.dim);
-  logits.resize(T * c.vocab_size);
+  reserve_logit_rows(1);
+}
+
+void State::reserve_logit_rows(int64_t n) {
+  if (n <= max_logit_rows) return;
+  max_logit_rows = n;
+  out_x.resize(size_t(n * dim_));
+  logits.resize(size_t(n * vocab_));
 }
 
 namespace {
@@ -52,6 +58,9 @@ namespace {
 void check_batch(const Config& c, const Batch& b, const KVCache& kv, const State& s) {
   if (b.size() > s.max_tokens)
     fail("batch", std::to_string(b.size()) + " tokens exceed the state's capacity of " + std::to_string(s.max_tokens));
+  if (b.n_logits() > s.max_logit_rows)
+    fail("batch", std::to_string(b.n_logits()) + " tokens ask for logits; the state has room for " +
+                      std::to_string(s.max_logit_rows) + " (State::reserve_logit_rows)");
   for (int64_t t = 0; t < b.size(); ++t) {
     if (b.token[t] < 0 || b.token[t] >= c.vocab_size)
       fail("batch", "token id " + std::to_string(b.token[t]) + " is outside the vocabulary");
@@ -90,15 +99,16 @@ void attention(const Config& c, const LayerWeights& L, int64_t layer, const Batc
     }
   });
 
-  // Flash-style attention over each run of consecutive tokens of one sequence.
+  // Flash-style attention over each run of consecutive tokens of one sequence, in place:
+  // q becomes the attention output.  [T][q_dim]
   s.runs.clear();
   for (int64_t t = 0; t < T; ++t) {
     if (t > 0 && b.seq[t] == b.seq[t - 1] && b.pos[t] == b.pos[t - 1] + 1) ++s.runs.back().n;
-    else s.runs.push_back({b.seq[t], b.pos[t], 1, &s.q[t * q_dim], &s.att[t * q_dim]});
+    else s.runs.push_back({b.seq[t], b.pos[t], 1, &s.q[t * q_dim], &s.q[t * q_dim]});
   }
   const CacheLayer source(kv, layer);
   mixtral::attention(attention_shape(c), s.runs.data(), int64_t(s.runs.size()), source, s.attn, pool);
-  matmul(L.wo, s.att.data(), T, s.proj.data(), pool);  // [T][dim]
+  matmul(L.wo, s.q.data(), T, s.proj.data(), pool);  // [T][dim]
 }
 
 // Sparse mixture of experts: route each token to its top-k experts, run every expert once on

@@ -4,7 +4,8 @@
 //   out = h + MoE(RMSNorm(h))                  route → run experts grouped → combine
 //
 // State holds every activation buffer, sized once for the largest batch; forward() allocates
-// nothing.
+// nothing. Logits are kept for one token per batch unless more rows are reserved (most callers
+// want the last token's only; [512][32000] floats would be 65 MB).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -24,10 +25,9 @@ struct State {
   int64_t max_tokens;
   std::vector<float> x;        // [T][dim]       the residual stream
   std::vector<float> xn;       // [T][dim]       normed input of the current sub-layer
-  std::vector<float> q;        // [T][q_dim]
+  std::vector<float> q;        // [T][q_dim]     queries, then (in place) attention's output
   std::vector<float> k;        // [T][kv_dim]
   std::vector<float> v;        // [T][kv_dim]
-  std::vector<float> att;      // [T][q_dim]     attention output before wo
   std::vector<float> proj;     // [T][dim]       output of wo / of the MoE
   std::vector<float> inv_freq;  // [head_dim/2]  RoPE frequencies
   std::vector<QueryRun> runs;   // the batch's runs of consecutive tokens of one sequence
@@ -47,8 +47,16 @@ struct State {
   std::vector<float> ex_out;          // [T·k][dim]   w2 h
 
   std::vector<int32_t> out_rows;  // tokens whose logits were asked for
-  std::vector<float> out_x;       // [n_out][dim]
-  std::vector<float> logits;      // [n_out][vocab]  forward()'s result
+  std::vector<float> out_x;       // [max_logit_rows][dim]
+  std::vector<float> logits;      // [max_logit_rows][vocab]  forward()'s result, n_out rows
+  int64_t max_logit_rows = 0;     // most tokens of a batch that may ask for logits
+
+  // Makes room for the logits of n tokens per batch (grows out_x and logits; never shrinks).
+  // Call it outside forward(), e.g. before evaluating a prompt with all its logits.
+  void reserve_logit_rows(int64_t n);
+
+ private:
+  int64_t dim_ = 0, vocab_ = 0;
 };
 
 // Runs the batch through the model, writing K/V of every token into `kv` and the logits of
