@@ -242,7 +242,10 @@ using ItemFn = void (*)(const AttentionShape&, const QueryRun&, int64_t, int64_t
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void item_avx512(
     const AttentionShape& sh, const QueryRun& run, int64_t i0, int64_t ni, int64_t kvh, const KVSource& kv,
     AttentionScratch::Thread& ts, int64_t cap) {
-  run_item<F32x16, I32x16, 8>(sh, run, i0, ni, kvh, kv, ts, cap);
+  // A few rows (one decode token: its group of query heads) would leave most of 16 lanes idle;
+  // 8 lanes compute the same values (every lane's arithmetic is the same at either width).
+  if (ni * (sh.n_heads / sh.n_kv_heads) <= 8) run_item<F32x8, I32x8, 8>(sh, run, i0, ni, kvh, kv, ts, cap);
+  else run_item<F32x16, I32x16, 8>(sh, run, i0, ni, kvh, kv, ts, cap);
 }
 
 __attribute__((target("avx2,fma"))) void item_avx2(const AttentionShape& sh, const QueryRun& run, int64_t i0,

@@ -20,6 +20,7 @@
 namespace mixtral {
 
 struct State {
+  // max_ctx is no longer used (attention keeps no row of scores over the context).
   State(const Config& c, int64_t max_tokens, int64_t max_ctx, int n_threads);
 
   int64_t max_tokens;
