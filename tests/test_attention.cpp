@@ -196,7 +196,7 @@ TEST(Attention, NeverReadsPositionsNoQuerySees) {
   });
 }
 
-TEST(Attention, RejectsAPoolLargerThanTheScratch) {
+TEST(Attention, RejectsAScratchOfAnotherSizeOrThreadCount) {
   const AttentionShape sh{4, 2, 16, 0};
   AttentionScratch scratch(sh, 1);
   ThreadPool pool(2);
@@ -205,6 +205,9 @@ TEST(Attention, RejectsAPoolLargerThanTheScratch) {
   std::vector<float> q(size_t(sh.q_dim())), out(q.size());
   const QueryRun run{0, 0, 1, q.data(), out.data()};
   EXPECT_THROW(attention(sh, &run, 1, kv, scratch, pool), Error);
+  ThreadPool one(1);
+  EXPECT_THROW(attention(AttentionShape{4, 2, 32, 0}, &run, 1, kv, scratch, one), Error);
+  EXPECT_NO_THROW(attention(sh, &run, 1, kv, scratch, one));
   EXPECT_THROW(AttentionScratch(AttentionShape{3, 2, 16, 0}, 1), Error);
 }
 

@@ -276,7 +276,8 @@ AttentionScratch::AttentionScratch(const AttentionShape& sh, int n_threads) : sh
 void attention(const AttentionShape& sh, const QueryRun* runs, int64_t n_runs, const KVSource& kv,
                AttentionScratch& scratch, ThreadPool& pool) {
   check_shape(sh);
-  if (scratch.rows() < sh.n_heads / sh.n_kv_heads || scratch.thread(0).f.size() < size_t(2 * sh.head_dim * scratch.rows()))
+  const AttentionShape& ss = scratch.shape();
+  if (ss.n_heads != sh.n_heads || ss.n_kv_heads != sh.n_kv_heads || ss.head_dim != sh.head_dim)
     fail("attention", "the scratch was sized for another shape");
   if (pool.size() > scratch.n_threads())
     fail("attention", "scratch for " + std::to_string(scratch.n_threads()) + " threads, pool of " +

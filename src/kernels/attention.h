@@ -54,6 +54,7 @@ class AttentionScratch {
  public:
   AttentionScratch() = default;
   AttentionScratch(const AttentionShape& shape, int n_threads);
+  const AttentionShape& shape() const { return shape_; }
   int n_threads() const { return int(threads_.size()); }
   int64_t tokens_per_item() const { return tokens_; }  // query tokens of a run computed together
   int64_t rows() const { return rows_; }  // query rows (token, head) of one item, padded to 16
