@@ -128,6 +128,7 @@ TEST(Engine, BatchOfPromptsEqualsEachAlone) {
   int64_t total = 0;
   for (const auto& p : prompts) total += int64_t(p.size());
   State state(c, total, 256, 2);
+  state.reserve_logit_rows(total);
   Batch b;
   for (size_t s = 0; s < prompts.size(); ++s)
     for (size_t i = 0; i < prompts[s].size(); ++i) b.add(prompts[s][i], int32_t(i), int32_t(s), true);
@@ -142,6 +143,23 @@ TEST(Engine, BatchOfPromptsEqualsEachAlone) {
       EXPECT_EQ(argmax(&state.logits[row * V], V), argmax(&mine[i * V], V));
     }
   }
+}
+
+TEST(Engine, LogitsRowsMustBeReserved) {
+  REQUIRE_PATH(fixtures_dir() + "/gguf/tiny-f32.gguf");
+  const auto model = load_fixture("gguf/tiny-f32.gguf");
+  const Config& c = model->config();
+  ThreadPool pool(1);
+  KVCache kv = KVCache::reserved(c, 1, 32);
+  State state(c, 8, 32, 1);
+  EXPECT_EQ(state.max_logit_rows, 1);
+  EXPECT_EQ(state.logits.size(), size_t(c.vocab_size));  // not [max_tokens][vocab]
+  Batch b;
+  for (int32_t i = 0; i < 3; ++i) b.add(10 + i, i, 0, true);
+  EXPECT_THROW(forward(*model, b, kv, state, pool), Error);
+  state.reserve_logit_rows(3);
+  forward(*model, b, kv, state, pool);
+  EXPECT_EQ(state.logits.size(), size_t(3 * c.vocab_size));
 }
 
 // Records every routing decision.

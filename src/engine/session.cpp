@@ -30,6 +30,7 @@ const std::vector<float>& Session::eval(const std::vector<int32_t>& tokens, bool
                         std::to_string(n_ctx_) + " (raise --ctx-size, up to " +
                         std::to_string(model_.config().max_context) + ")");
   out_.clear();
+  if (all_logits) state_.reserve_logit_rows(std::min(int64_t(tokens.size()), n_batch_));
   for (size_t i = 0; i < tokens.size(); i += size_t(n_batch_)) {
     const size_t end = std::min(tokens.size(), i + size_t(n_batch_));
     batch_.clear();

@@ -11,7 +11,14 @@
 
 namespace mixtral {
 
-State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_threads) : max_tokens(max_tokens_) {
+namespace {
+AttentionShape attention_shape(const Config& c) {
+  return {c.n_heads, c.n_kv_heads, c.head_dim, c.sliding_window > 0 ? c.sliding_window : 0};
+}
+}  // namespace
+
+State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_threads)
+    : max_tokens(max_tokens_), dim_(c.dim), vocab_(c.vocab_size) {
   const size_t T = size_t(max_tokens), k = size_t(c.is_moe() ? c.n_experts_used : 1);
   const size_t E = size_t(c.is_moe() ? c.n_experts : 1);
   x.resize(T * c.dim);
@@ -19,9 +26,9 @@ State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_thread
   q.resize(T * c.q_dim());
   this->k.resize(T * c.kv_dim());
   v.resize(T * c.kv_dim());
-  att.resize(T * c.q_dim());
   proj.resize(T * c.dim);
-  scores.resize(size_t(std::max(1, n_threads)) * size_t(max_ctx));
+  runs.reserve(T);
+  attn = AttentionScratch(attention_shape(c), std::max(1, n_threads));
   inv_freq.resize(size_t(c.head_dim / 2));
   ops::rope_inv_freq(inv_freq.data(), c.head_dim, c.rope_theta);
   router_logits.resize(T * E);
@@ -46,17 +53,23 @@ State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_thread
     hint_list.reserve(E);
   }
   out_rows.reserve(T);
-  out_x.resize(T * c.dim);
-  logits.resize(T * c.vocab_size);
+  reserve_logit_rows(1);
+}
+
+void State::reserve_logit_rows(int64_t n) {
+  if (n <= max_logit_rows) return;
+  max_logit_rows = n;
+  out_x.resize(size_t(n * dim_));
+  logits.resize(size_t(n * vocab_));
 }
 
 uint64_t runtime_bytes_estimate(const Config& c, int64_t max_tokens, int64_t kv_positions, int n_threads) {
   const uint64_t T = uint64_t(max_tokens), k = uint64_t(c.is_moe() ? c.n_experts_used : 1);
   const uint64_t E = uint64_t(c.is_moe() ? c.n_experts : 1), dim = uint64_t(c.dim);
-  const uint64_t floats = T * (7 * dim + 2 * uint64_t(c.q_dim()) + 2 * uint64_t(c.kv_dim()) + 2 * E + 2 * k * dim +
-                               uint64_t(c.vocab_size)) +
+  // Activations of the batch, the expert hidden rows, logits for a few rows, attention scratch.
+  const uint64_t floats = T * (7 * dim + 2 * uint64_t(c.q_dim()) + 2 * uint64_t(c.kv_dim()) + 2 * E + 2 * k * dim) +
                           std::min<uint64_t>(T * k, kExpertRows) * 2 * uint64_t(c.ffn_dim) +
-                          uint64_t(std::max(1, n_threads)) * uint64_t(kv_positions);
+                          16 * (uint64_t(c.vocab_size) + dim) + uint64_t(std::max(1, n_threads)) * 64 * 1024;
   const uint64_t kv = 2 * uint64_t(c.n_layers) * uint64_t(kv_positions) * uint64_t(c.kv_dim());
   return (floats + kv) * sizeof(float);
 }
@@ -66,6 +79,9 @@ namespace {
 void check_batch(const Config& c, const Batch& b, const KVCache& kv, const State& s) {
   if (b.size() > s.max_tokens)
     fail("batch", std::to_string(b.size()) + " tokens exceed the state's capacity of " + std::to_string(s.max_tokens));
+  if (b.n_logits() > s.max_logit_rows)
+    fail("batch", std::to_string(b.n_logits()) + " tokens ask for logits; the state has room for " +
+                      std::to_string(s.max_logit_rows) + " (State::reserve_logit_rows)");
   for (int64_t t = 0; t < b.size(); ++t) {
     if (b.token[t] < 0 || b.token[t] >= c.vocab_size)
       fail("batch", "token id " + std::to_string(b.token[t]) + " is outside the vocabulary");
@@ -87,6 +103,15 @@ void add_rows(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
+// The keys and values of one layer of the cache, for the attention kernel.
+struct CacheLayer final : KVSource {
+  CacheLayer(const KVCache& kv, int64_t layer) : kv(kv), layer(layer) {}
+  const float* k(int seq, int64_t pos) const override { return kv.k(layer, seq, pos); }
+  const float* v(int seq, int64_t pos) const override { return kv.v(layer, seq, pos); }
+  const KVCache& kv;
+  int64_t layer;
+};
+
 // Grouped-query causal attention of every token of the batch over its own sequence.
 //   in: s.xn [T][dim]   out: s.proj [T][dim]
 void attention(const Config& c, const LayerWeights& L, int64_t layer, const Batch& b, KVCache& kv, State& s,
@@ -106,28 +131,16 @@ void attention(const Config& c, const LayerWeights& L, int64_t layer, const Batc
     }
   });
 
-  // One (token, query head) pair per task: softmax(q·Kᵀ/√d) · V over positions [lo, pos].
-  const int64_t group = c.n_heads / c.n_kv_heads;
-  const float scale = 1.0f / std::sqrt(float(hd));
-  const int64_t n_tasks = T * c.n_heads;
-  const size_t scores_per_thread = s.scores.size() / size_t(pool.size());
-  pool.run([&](int thread, int n_threads) {
-    float* scores = s.scores.data() + size_t(thread) * scores_per_thread;
-    for (int64_t task = n_tasks * thread / n_threads; task < n_tasks * (thread + 1) / n_threads; ++task) {
-      const int64_t t = task / c.n_heads, h = task % c.n_heads, kvh = h / group;
-      const int64_t pos = b.pos[t];
-      // Sliding window: a query at p sees keys at p' with p − p' < window (llama.cpp's rule).
-      const int64_t lo = c.sliding_window > 0 ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-      const float* qh = &s.q[t * q_dim + h * hd];
-      for (int64_t p = lo; p <= pos; ++p)
-        scores[p - lo] = dot_f32(qh, kv.k(layer, b.seq[t], p) + kvh * hd, hd) * scale;
-      ops::softmax(scores, pos - lo + 1);
-      float* out = &s.att[t * q_dim + h * hd];
-      std::fill(out, out + hd, 0.f);
-      for (int64_t p = lo; p <= pos; ++p) ops::axpy(scores[p - lo], kv.v(layer, b.seq[t], p) + kvh * hd, out, hd);
-    }
-  });
-  matmul(L.wo, s.att.data(), T, s.proj.data(), pool);  // [T][dim]
+  // Flash-style attention over each run of consecutive tokens of one sequence, in place:
+  // q becomes the attention output.  [T][q_dim]
+  s.runs.clear();
+  for (int64_t t = 0; t < T; ++t) {
+    if (t > 0 && b.seq[t] == b.seq[t - 1] && b.pos[t] == b.pos[t - 1] + 1) ++s.runs.back().n;
+    else s.runs.push_back({b.seq[t], b.pos[t], 1, &s.q[t * q_dim], &s.q[t * q_dim]});
+  }
+  const CacheLayer source(kv, layer);
+  mixtral::attention(attention_shape(c), s.runs.data(), int64_t(s.runs.size()), source, s.attn, pool);
+  matmul(L.wo, s.q.data(), T, s.proj.data(), pool);  // [T][dim]
 }
 
 // Offloaded experts only: tells the cache which experts layer `target` will probably use, by

@@ -4,12 +4,14 @@
 //   out = h + MoE(RMSNorm(h))                  route → run experts grouped → combine
 //
 // State holds every activation buffer, sized once for the largest batch; forward() allocates
-// nothing.
+// nothing. Logits are kept for one token per batch unless more rows are reserved (most callers
+// want the last token's only; [512][32000] floats would be 65 MB).
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/attention.h"
 #include "model/batch.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -22,18 +24,19 @@ namespace mixtral {
 inline constexpr int64_t kExpertRows = 128;
 
 struct State {
+  // max_ctx is no longer used (attention keeps no row of scores over the context).
   State(const Config& c, int64_t max_tokens, int64_t max_ctx, int n_threads);
 
   int64_t max_tokens;
   std::vector<float> x;        // [T][dim]       the residual stream
   std::vector<float> xn;       // [T][dim]       normed input of the current sub-layer
-  std::vector<float> q;        // [T][q_dim]
+  std::vector<float> q;        // [T][q_dim]     queries, then (in place) attention's output
   std::vector<float> k;        // [T][kv_dim]
   std::vector<float> v;        // [T][kv_dim]
-  std::vector<float> att;      // [T][q_dim]     attention output before wo
   std::vector<float> proj;     // [T][dim]       output of wo / of the MoE
-  std::vector<float> scores;   // [threads][max_ctx]  attention scores, one row per thread
   std::vector<float> inv_freq;  // [head_dim/2]  RoPE frequencies
+  std::vector<QueryRun> runs;   // the batch's runs of consecutive tokens of one sequence
+  AttentionScratch attn;        // per-thread tiles of the attention kernel
 
   // MoE: routing and tokens grouped by expert (a "slot" is one (token, rank) pair).
   std::vector<float> router_logits;  // [T][n_experts]
@@ -58,8 +61,16 @@ struct State {
   std::vector<int32_t> hint_list;     // [n_experts] the guessed experts, most tokens first
 
   std::vector<int32_t> out_rows;  // tokens whose logits were asked for
-  std::vector<float> out_x;       // [n_out][dim]
-  std::vector<float> logits;      // [n_out][vocab]  forward()'s result
+  std::vector<float> out_x;       // [max_logit_rows][dim]
+  std::vector<float> logits;      // [max_logit_rows][vocab]  forward()'s result, n_out rows
+  int64_t max_logit_rows = 0;     // most tokens of a batch that may ask for logits
+
+  // Makes room for the logits of n tokens per batch (grows out_x and logits; never shrinks).
+  // Call it outside forward(), e.g. before evaluating a prompt with all its logits.
+  void reserve_logit_rows(int64_t n);
+
+ private:
+  int64_t dim_ = 0, vocab_ = 0;
 };
 
 // An upper estimate of what a forward pass needs besides the weights: a State for batches of
