@@ -282,6 +282,12 @@ TEST(Cli, BenchJsonForm) {
     EXPECT_EQ(t["samples_ts"].size(), 2u);
   }
   expect_clean_error(run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "1,x"}), {"-p"});
+  // -f: real text instead of random tokens.
+  const std::string text = temp_path("bench.txt");
+  std::ofstream(text) << "Alice was beginning to get very tired of sitting by her sister on the bank.";
+  const Result t = run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "40", "-n", "4", "-r", "1", "-o", "json", "-f", text});
+  ASSERT_EQ(t.status, 0) << t.err;
+  EXPECT_EQ(nlohmann::json::parse(t.out)[0]["tokens"], text);
 }
 
 // --memory-budget: the stable bench form carries the cache's figures; generate gives the same

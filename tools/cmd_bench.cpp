@@ -49,6 +49,15 @@ std::vector<int32_t> random_tokens(const Tokenizer& tok, int64_t n, uint64_t see
   return out;
 }
 
+// n tokens of `text` (tokenized once), starting at a different place for each seed; the text
+// is read cyclically when it is shorter than needed (a BOS-free run of real tokens).
+std::vector<int32_t> text_tokens(const std::vector<int32_t>& text, int64_t n, uint64_t seed) {
+  std::vector<int32_t> out;
+  const size_t start = size_t(seed * 7919) % text.size();
+  for (int64_t i = 0; i < n; ++i) out.push_back(text[(start + size_t(i)) % text.size()]);
+  return out;
+}
+
 double peak_rss_gib() { return double(peak_resident_bytes()) / double(1 << 30); }
 
 // Bytes of weights one decoded token reads: everything but the experts, plus k experts a layer.
@@ -123,6 +132,7 @@ struct Result {
 struct BenchFlags {
   ModelFlags model;
   std::string prompts = "512", gens = "32", threads = "2", output = "md";
+  std::string text_file;  // -f: tokens of real text instead of random vocabulary tokens
   int reps = 3;
   bool limits = false;
 };
@@ -139,6 +149,13 @@ int run_bench(const BenchFlags& f) {
   const double load_s = seconds_since(t_load);
   const Config& c = model->config();
   const Tokenizer& tok = model->tokenizer();
+  std::vector<int32_t> text;
+  if (!f.text_file.empty()) {
+    PromptFlags pf;
+    pf.file = f.text_file;
+    text = tok.encode(pf.get(), false);
+    if (text.empty()) fail(f.text_file, "has no text to benchmark with");
+  }
   if (f.reps < 1) fail("-r", "must be at least 1");
   const double bpt = bytes_per_token(*model), fpt = flops_per_token(*model);
   ExpertCache* cache = model->expert_cache();
@@ -152,7 +169,7 @@ int run_bench(const BenchFlags& f) {
       if (cache) cache->reset_stats();
       for (int rep = 0; rep < f.reps; ++rep) {
         Session s(*model, {p + 1, p, int(threads)});
-        const auto tokens = random_tokens(tok, p, uint64_t(rep) + 1);
+        const auto tokens = text.empty() ? random_tokens(tok, p, uint64_t(rep) + 1) : text_tokens(text, p, uint64_t(rep) + 1);
         const auto t0 = Clock::now();
         s.eval(tokens);
         r.ts.push_back(double(p) / seconds_since(t0));
@@ -165,7 +182,8 @@ int run_bench(const BenchFlags& f) {
       Result r{"tg" + std::to_string(n), int(threads), 0, n, {}, {}};
       for (int rep = 0; rep < f.reps; ++rep) {
         Session s(*model, {n + 2, 1, int(threads)});
-        const auto tokens = random_tokens(tok, n + 1, uint64_t(rep) + 100);
+        const auto tokens =
+            text.empty() ? random_tokens(tok, n + 1, uint64_t(rep) + 100) : text_tokens(text, n + 1, uint64_t(rep) + 100);
         s.eval({tokens[0]});  // warm-up token, not timed
         if (cache && rep == 0) cache->reset_stats();  // the cache's figures cover the timed tokens
         const auto t0 = Clock::now();
@@ -182,7 +200,7 @@ int run_bench(const BenchFlags& f) {
   if (f.output == "json") {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& r : results) {
-      nlohmann::json j = {{"model", f.model.model}, {"test", r.test}, {"threads", r.threads}, {"n_prompt", r.n_prompt},
+      nlohmann::json j = {{"model", f.model.model}, {"test", r.test}, {"tokens", f.text_file.empty() ? "random" : f.text_file}, {"threads", r.threads}, {"n_prompt", r.n_prompt},
                           {"n_gen", r.n_gen}, {"avg_ts", r.mean()}, {"stddev_ts", r.stddev()}, {"samples_ts", r.ts},
                           {"mmap", !f.model.no_mmap}, {"peak_rss_gib", rss}};
       if (r.n_gen) j["weight_gbs"] = r.mean() * bpt / 1e9;
@@ -213,6 +231,8 @@ int run_bench(const BenchFlags& f) {
                                                   : "memory-mapped";
   std::printf("weights: %s; %s, loaded in %.1f s\n", model->dtype_summary().c_str(), where.c_str(), load_s);
   std::printf("per decoded token: %.3f GB of weights read; per prompt token: %.2f GFLOP\n", bpt / 1e9, fpt / 1e9);
+  std::printf("tokens: %s\n", f.text_file.empty() ? "random vocabulary tokens (seeded; no repeats to flatter the MoE)"
+                                                   : ("the text of " + f.text_file + ", read cyclically").c_str());
   if (read_gbs > 0) std::printf("measured read bandwidth: %.1f GB/s -> decode ceiling %.1f tok/s\n", read_gbs, read_gbs * 1e9 / bpt);
   std::printf("\n| test | threads | tokens/s | rate |\n|---|---|---|---|\n");
   for (const auto& r : results) {
@@ -248,6 +268,9 @@ void add_bench_command(CLI::App& app, Commands& commands) {
   cmd->add_option("--experts-per-token", f->model.experts_per_token, "override the router's top-k");
   cmd->add_flag("--no-mmap", f->model.no_mmap, "read the model into memory (recommended: this VM evicts idle mapped pages)");
   cmd->add_flag("--measure-limits", f->limits, "also measure the machine's read bandwidth");
+  cmd->add_option("-f,--file", f->text_file,
+                  "tokens of this text file (read cyclically) instead of random vocabulary tokens")
+      ->check(CLI::ExistingFile);
   f->model.add_memory_flags(cmd);
   commands.emplace_back(cmd, [f] { return run_bench(*f); });
 }
