@@ -622,6 +622,36 @@ TEST(Int8Matmul, ExactOnRepresentableValues) {
   });
 }
 
+// The decode kernels (1-4 tokens, weights read in place): == ref::matmul_q8 bit for bit at every
+// SIMD level and thread count, over row counts around the 16-row groups (each thread's last group
+// partial), long rows (the prefetch runs past each row's end into the next group) and misaligned W.
+TEST(Int8Matmul, DecodeKernelsBitExact) {
+  ThreadPool p1(1), p2(2), p3(3);
+  for_each_simd_level([&] {
+    for (DType t : kInt8Types) {
+      const int64_t bs = dtype_info(t).block_size;
+      for (int64_t K : {bs, 3 * bs, int64_t(4608)}) {
+        for (int64_t rows : {1, 15, 33, 50}) {
+          const TestMatrix W(t, rows, K, uint32_t(rows * 3 + K), K == bs ? 4 : 0);
+          for (int64_t T = 1; T <= 4; ++T) {
+            const std::vector<float> x = normal(T * K, uint32_t(T * 7 + K));
+            std::vector<float> want(size_t(T * rows));
+            ref::matmul_q8(W.m, x.data(), T, want.data());
+            for (ThreadPool* p : {&p1, &p2, &p3}) {
+              std::vector<float> got(size_t(T * rows) + 1, NAN);
+              matmul(W.m, x.data(), T, got.data(), *p);
+              for (int64_t i = 0; i < T * rows; ++i)
+                ASSERT_TRUE(same_bits(got[size_t(i)], want[size_t(i)]))
+                    << dtype_name(t) << " K=" << K << " rows=" << rows << " T=" << T << " threads=" << p->size() << " i=" << i;
+              EXPECT_TRUE(std::isnan(got.back()));  // nothing written past y
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 // Each token count 1..17 (the server's steps: a few tokens, every split into token blocks) on
 // 1, 2 and 3 threads gives each token's bits from a one-token call, for every dtype.
 TEST(Matmul, EveryTokenCountEqualsOneTokenAtATime) {

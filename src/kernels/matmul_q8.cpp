@@ -38,6 +38,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -245,26 +246,41 @@ void q6_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
 
 struct Avx2Quants {
   MIXTRAL_Q8_PACKERS
+  // The loaders: w[k] = dword k of rows 8h .. 8h+8's block at byte offset off, as Packed::q
+  // holds it (the packers store them; the decode kernels use them in place).
+  static void w_q8_0(const uint8_t* const* rows, size_t off, int h, __m256i w[8]) {
+    for (int i = 0; i < 8; ++i) w[i] = load256(rows[8 * h + i] + off + 2);
+    transpose8x8(w);
+    for (int k = 0; k < 8; ++k) w[k] = _mm256_xor_si256(w[k], _mm256_set1_epi8(char(0x80)));  // w + 128
+  }
+  static void w_q4_0(const uint8_t* const* rows, size_t off, int h, __m256i w[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off + 2, rr[4 + g] + off + 2);
+    transpose4x4_lanes(z);
+    for (int k = 0; k < 4; ++k) {
+      w[k] = _mm256_and_si256(z[k], m4);                              // 4k..
+      w[k + 4] = _mm256_and_si256(_mm256_srli_epi16(z[k], 4), m4);  // 16+4k..
+    }
+  }
+  // Q4_K super-block at off, group g: v[k] = dword k of qs[32g .. 32g+32) of rows 8h .. 8h+8.
+  static void v_q4_K(const uint8_t* const* rows, size_t off, int g, int h, __m256i v[8]) {
+    for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + offsetof(BlockQ4_K, qs) + 32 * g);
+    transpose8x8(v);
+  }
   static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
-    const __m256i flip = _mm256_set1_epi8(char(0x80));
     for (int h = 0; h < 2; ++h) {
-      __m256i v[8];
-      for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + 2);
-      transpose8x8(v);
-      for (int k = 0; k < 8; ++k) store_rows8(out, k, h, _mm256_xor_si256(v[k], flip));  // w + 128
+      __m256i w[8];
+      w_q8_0(rows, off, h, w);
+      for (int k = 0; k < 8; ++k) store_rows8(out, k, h, w[k]);
     }
   }
   static void q4_0(const uint8_t* const* rows, size_t off, Packed* out) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int h = 0; h < 2; ++h) {
-      const uint8_t* const* rr = rows + 8 * h;
-      __m256i z[4];
-      for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off + 2, rr[4 + g] + off + 2);
-      transpose4x4_lanes(z);
-      for (int k = 0; k < 4; ++k) {
-        store_rows8(out, k, h, _mm256_and_si256(z[k], m4));                              // 4k..
-        store_rows8(out, k + 4, h, _mm256_and_si256(_mm256_srli_epi16(z[k], 4), m4));  // 16+4k..
-      }
+      __m256i w[8];
+      w_q4_0(rows, off, h, w);
+      for (int k = 0; k < 8; ++k) store_rows8(out, k, h, w[k]);
     }
   }
   // Group g of 64 values = sub-blocks 2g (low nibbles of qs[32g..32g+32)) and 2g+1 (high).
@@ -273,8 +289,7 @@ struct Avx2Quants {
     for (int h = 0; h < 2; ++h) {
       for (int g = 0; g < 4; ++g) {
         __m256i v[8];
-        for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + offsetof(BlockQ4_K, qs) + 32 * g);
-        transpose8x8(v);
+        v_q4_K(rows, off, g, h, v);
         for (int k = 0; k < 8; ++k) {
           store_rows8(out + 2 * g, k, h, _mm256_and_si256(v[k], m4));
           store_rows8(out + 2 * g + 1, k, h, _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4));
@@ -350,13 +365,14 @@ inline void transpose16x8(__m512i v[8]) {
 
 struct Avx512Quants {
   MIXTRAL_Q8_PACKERS
-  static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
-    __m512i v[8];
-    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + off + 2, rows[i + 8] + off + 2);
-    transpose16x8(v);
-    for (int k = 0; k < 8; ++k) store_rows16(out, k, _mm512_xor_si512(v[k], _mm512_set1_epi8(char(0x80))));
+  // The loaders: w[k] = dword k of the 16 rows' block at byte offset off, as Packed::q holds it
+  // (the packers store them; the decode kernels use them in place).
+  static void w_q8_0(const uint8_t* const* rows, size_t off, __m512i w[8]) {
+    for (int i = 0; i < 8; ++i) w[i] = load_2x256(rows[i] + off + 2, rows[i + 8] + off + 2);
+    transpose16x8(w);
+    for (int k = 0; k < 8; ++k) w[k] = _mm512_xor_si512(w[k], _mm512_set1_epi8(char(0x80)));
   }
-  static void q4_0(const uint8_t* const* rows, size_t off, Packed* out) {
+  static void w_q4_0(const uint8_t* const* rows, size_t off, __m512i w[8]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512i z[4];  // 128-bit lane i of z[g] = row 4i + g
     for (int g = 0; g < 4; ++g) {
@@ -370,17 +386,32 @@ struct Avx512Quants {
     const __m512i r[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
                           _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
     for (int k = 0; k < 4; ++k) {
-      store_rows16(out, k, _mm512_and_si512(r[k], m4));
-      store_rows16(out, k + 4, _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4));
+      w[k] = _mm512_and_si512(r[k], m4);
+      w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4);
     }
+  }
+  // Q4_K super-block at off, group g: v[k] = dword k of qs[32g .. 32g+32) of the 16 rows (low
+  // nibbles: sub-block 2g, high: 2g+1).
+  static void v_q4_K(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
+    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
+    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
+    transpose16x8(v);
+  }
+  static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    __m512i w[8];
+    w_q8_0(rows, off, w);
+    for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
+  }
+  static void q4_0(const uint8_t* const* rows, size_t off, Packed* out) {
+    __m512i w[8];
+    w_q4_0(rows, off, w);
+    for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
   }
   static void q4_K(const uint8_t* const* rows, size_t off, Packed* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int g = 0; g < 4; ++g) {
-      const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
       __m512i v[8];
-      for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
-      transpose16x8(v);
+      v_q4_K(rows, off, g, v);
       for (int k = 0; k < 8; ++k) {
         store_rows16(out + 2 * g, k, _mm512_and_si512(v[k], m4));
         store_rows16(out + 2 * g + 1, k, _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4));
@@ -415,6 +446,21 @@ struct Avx512Quants {
 
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
+
+// ================================ decode: shared =================================================
+
+using DecodeFn = void (*)(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1);
+constexpr int kDecodeMaxTokens = 4;
+
+// A group reads 16 rows in short bursts, which the hardware prefetchers do not follow: each
+// step prefetches the lines kDecodeAhead bytes further in each row (past a row's end, the same
+// place in the row 16 on, the next group's: rows are contiguous).
+constexpr size_t kDecodeAhead = 512;
+inline void prefetch_rows_ahead(const uint8_t* const* rows, size_t off, size_t rb, int lines) {
+  const size_t o = off + kDecodeAhead, at = o < rb ? o : o + 15 * rb;
+  for (int r = 0; r < kRows; ++r)
+    for (int l = 0; l < lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(rows[r] + at + 64 * l), _MM_HINT_T0);
+}
 
 // ================================ micro-kernels =================================================
 // Kernel<NT>: for the nb packed blocks and NT tokens: acc[t][16] (in memory) continues the
@@ -453,6 +499,31 @@ struct Q6_KPolicy {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
+// One 32-column block of the contract for NT tokens, 16 rows in lanes: w as Packed::q holds it,
+// s0 = the rows' dw (dx not yet applied), s1 = Q4_K's -(dmin * m), i0 / i1 = Q6_K's half
+// scales; x[t] = token t's XBlock of this block.
+template <class P, int NT>
+inline void vnni_block(const __m512i w[8], __m512 s0, __m512 s1, __m512i i0, __m512i i1,
+                       const XBlock* x, __m512 f[]) {
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    const XBlock& xt = x[t];
+    __m512i lo = _mm512_set1_epi32(P::corr_lo(xt)), hi = _mm512_set1_epi32(P::corr_hi(xt));
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_set1_epi32(dword_at(xt.qs + 4 * k)));
+      hi = _mm512_dpbusd_epi32(hi, w[k + 4], _mm512_set1_epi32(dword_at(xt.qs + 16 + 4 * k)));
+    }
+    __m512i I;
+    if constexpr (P::kHalves)
+      I = _mm512_add_epi32(_mm512_mullo_epi32(lo, i0), _mm512_mullo_epi32(hi, i1));
+    else
+      I = _mm512_add_epi32(lo, hi);
+    f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(s0, _mm512_set1_ps(xt.d)), f[t]);
+    if constexpr (P::kMin) f[t] = _mm512_fmadd_ps(s1, _mm512_set1_ps(xt.dsum), f[t]);
+  }
+}
+
 template <class P, int NT>
 struct Vnni512 {
   static void run(const Packed* pw, int64_t nb, const XBlock* xb, int64_t xs, float* acc) {
@@ -466,28 +537,105 @@ struct Vnni512 {
       for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(&p.q[k][0][0]);
       const __m512 s0 = P::kHalfScale ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.d16)))
                                       : _mm512_load_ps(p.s0);
-      const XBlock* xj = xb + j * xs;
-#pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) {
-        const XBlock& x = xj[t];
-        __m512i lo = _mm512_set1_epi32(P::corr_lo(x)), hi = _mm512_set1_epi32(P::corr_hi(x));
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; ++k) {
-          lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_set1_epi32(dword_at(x.qs + 4 * k)));
-          hi = _mm512_dpbusd_epi32(hi, w[k + 4], _mm512_set1_epi32(dword_at(x.qs + 16 + 4 * k)));
-        }
-        __m512i I;
-        if constexpr (P::kHalves)
-          I = _mm512_add_epi32(_mm512_mullo_epi32(lo, _mm512_load_si512(p.i0)),
-                               _mm512_mullo_epi32(hi, _mm512_load_si512(p.i1)));
-        else
-          I = _mm512_add_epi32(lo, hi);
-        f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(s0, _mm512_set1_ps(x.d)), f[t]);
-        if constexpr (P::kMin) f[t] = _mm512_fmadd_ps(_mm512_load_ps(p.s1), _mm512_set1_ps(x.dsum), f[t]);
-      }
+      const __m512 s1 = P::kMin ? _mm512_load_ps(p.s1) : _mm512_setzero_ps();
+      const __m512i i0 = P::kHalves ? _mm512_load_si512(p.i0) : _mm512_setzero_si512();
+      const __m512i i1 = P::kHalves ? _mm512_load_si512(p.i1) : _mm512_setzero_si512();
+      vnni_block<P, NT>(w, s0, s1, i0, i1, xb + j * xs, f);
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(acc + t * kRows, f[t]);
+  }
+};
+
+// ---- decode (a few tokens): the weights read in place ----
+// Decode<NT>: y[t][r] for rows [r0, r1), NT tokens (xb: x_stride = NT), walking each group of
+// 16 rows' blocks in order straight from W: the loaders above build w in registers, and only
+// the K-quants' scales go through a small buffer (one super-block's).
+template <class P, int NT>
+struct Vnni512Decode {
+  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    const int64_t N = W.rows, nb = W.cols / 32;
+    const size_t rb = W.row_bytes();
+    const __m512i m4 = _mm512_set1_epi8(0x0F), zi = _mm512_setzero_si512();
+    const __m512 zf = _mm512_setzero_ps();
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, r1 - g));
+      const uint8_t* rows[kRows];
+      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min(r, nr - 1));
+      __m512 f[NT];
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) f[t] = zf;
+      if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
+        constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
+        constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+        // byte offsets of the 16 rows from row 0, for gathering the d's
+        const __m512i idx = _mm512_mullo_epi32(
+            _mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                             _mm512_set1_epi32(nr - 1)),
+            _mm512_set1_epi32(int(rb)));
+        for (int64_t j = 0; j < nb; ++j) {
+          const size_t off = size_t(j) * bytes;
+          if (q8 || j % 2 == 0) prefetch_rows_ahead(rows, off, rb, 1);  // a point every <= 64 bytes
+          __m512i w[8];
+          if constexpr (q8) Avx512Quants::w_q8_0(rows, off, w);
+          else Avx512Quants::w_q4_0(rows, off, w);
+          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, rows[0] + off, 1)));
+          vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
+        }
+      } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
+        for (int64_t j = 0; j < nb; j += 8) {
+          const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
+          prefetch_rows_ahead(rows, off, rb, 3);
+          alignas(64) Packed sc[8];
+          q4_K_scales(rows, off, sc);
+          for (int gq = 0; gq < 4; ++gq) {
+            __m512i v[8], w[8];
+            Avx512Quants::v_q4_K(rows, off, gq, v);
+            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
+            const Packed& a = sc[2 * gq];
+            vnni_block<P, NT>(w, _mm512_load_ps(a.s0), _mm512_load_ps(a.s1), zi, zi, xb + (j + 2 * gq) * NT, f);
+            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
+            const Packed& b = sc[2 * gq + 1];
+            vnni_block<P, NT>(w, _mm512_load_ps(b.s0), _mm512_load_ps(b.s1), zi, zi, xb + (j + 2 * gq + 1) * NT, f);
+          }
+        }
+      } else {  // Q6_K, as Avx512Quants::q6_K
+        const __m512i m2 = _mm512_set1_epi8(0x30);
+        for (int64_t j = 0; j < nb; j += 8) {
+          const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
+          prefetch_rows_ahead(rows, off, rb, 4);
+          alignas(64) Packed sc[8];
+          q6_K_scales(rows, off, sc);
+          const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc[0].d16)));
+          for (int half = 0; half < 2; ++half) {
+            __m512i a[8], b[8], hb[8];
+            const size_t oa = off + 64 * half, ob = oa + 32, oh = off + offsetof(BlockQ6_K, qh) + 32 * half;
+            for (int i = 0; i < 8; ++i) {
+              a[i] = load_2x256(rows[i] + oa, rows[i + 8] + oa);
+              b[i] = load_2x256(rows[i] + ob, rows[i + 8] + ob);
+              hb[i] = load_2x256(rows[i] + oh, rows[i + 8] + oh);
+            }
+            transpose16x8(a);
+            transpose16x8(b);
+            transpose16x8(hb);
+            for (int q = 0; q < 4; ++q) {
+              __m512i w[8];
+              for (int k = 0; k < 8; ++k) {
+                const __m512i lo = q == 0 ? a[k] : q == 1 ? b[k] : q == 2 ? _mm512_srli_epi16(a[k], 4) : _mm512_srli_epi16(b[k], 4);
+                const __m512i hi = q == 0 ? _mm512_slli_epi16(hb[k], 4) : q == 1 ? _mm512_slli_epi16(hb[k], 2)
+                                 : q == 2 ? hb[k] : _mm512_srli_epi16(hb[k], 2);
+                w[k] = _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_and_si512(hi, m2));
+              }
+              const Packed& p = sc[4 * half + q];
+              vnni_block<P, NT>(w, d, zf, _mm512_load_si512(p.i0), _mm512_load_si512(p.i1), xb + (j + 4 * half + q) * NT, f);
+            }
+          }
+        }
+      }
+      const __mmask16 m = __mmask16((1u << nr) - 1);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * N + g, m, f[t]);
+    }
   }
 };
 
@@ -502,57 +650,144 @@ inline __m256i dot4(__m256i u, __m256i s) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
+// One 32-column block of the contract for NT tokens, rows 8h .. 8h+8 in lanes (f[t][h]); the
+// arguments as vnni_block's.
+template <class P, int NT>
+inline void avx2_block(const __m256i w_in[8], __m256 s0, __m256 s1, __m256i i0, __m256i i1,
+                       const XBlock* x, __m256 (*f)[2], int h) {
+  __m256i w[8];
+  for (int k = 0; k < 8; ++k) {
+    w[k] = w_in[k];
+    if constexpr (P::kSigned) w[k] = _mm256_xor_si256(w[k], _mm256_set1_epi8(char(0x80)));  // back to signed w
+  }
+  for (int t = 0; t < NT; ++t) {
+    const XBlock& xt = x[t];
+    __m256i lo, hi;
+    if constexpr (P::kSigned) {  // |w| · (sign(w) x): no offset, so no correction
+      lo = hi = _mm256_setzero_si256();
+      for (int k = 0; k < 4; ++k) {
+        const __m256i xl = _mm256_set1_epi32(dword_at(xt.qs + 4 * k));
+        const __m256i xh = _mm256_set1_epi32(dword_at(xt.qs + 16 + 4 * k));
+        lo = _mm256_add_epi32(lo, dot4(_mm256_abs_epi8(w[k]), _mm256_sign_epi8(xl, w[k])));
+        hi = _mm256_add_epi32(hi, dot4(_mm256_abs_epi8(w[k + 4]), _mm256_sign_epi8(xh, w[k + 4])));
+      }
+    } else {
+      lo = _mm256_set1_epi32(P::corr_lo(xt));
+      hi = _mm256_set1_epi32(P::corr_hi(xt));
+      for (int k = 0; k < 4; ++k) {
+        lo = _mm256_add_epi32(lo, dot4(w[k], _mm256_set1_epi32(dword_at(xt.qs + 4 * k))));
+        hi = _mm256_add_epi32(hi, dot4(w[k + 4], _mm256_set1_epi32(dword_at(xt.qs + 16 + 4 * k))));
+      }
+    }
+    __m256i I;
+    if constexpr (P::kHalves)
+      I = _mm256_add_epi32(_mm256_mullo_epi32(lo, i0), _mm256_mullo_epi32(hi, i1));
+    else
+      I = _mm256_add_epi32(lo, hi);
+    f[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(s0, _mm256_set1_ps(xt.d)), f[t][h]);
+    if constexpr (P::kMin) f[t][h] = _mm256_fmadd_ps(s1, _mm256_set1_ps(xt.dsum), f[t][h]);
+  }
+}
+
 template <class P, int NT>
 struct Avx2 {
   static void run(const Packed* pw, int64_t nb, const XBlock* xb, int64_t xs, float* acc) {
     __m256 f[NT][2];
     for (int t = 0; t < NT; ++t)
       for (int h = 0; h < 2; ++h) f[t][h] = _mm256_loadu_ps(acc + t * kRows + 8 * h);
-    const __m256i flip = _mm256_set1_epi8(char(0x80));
     for (int64_t j = 0; j < nb; ++j) {
       const Packed& p = pw[j];
-      const XBlock* xj = xb + j * xs;
       for (int h = 0; h < 2; ++h) {
         __m256i w[8];
-        for (int k = 0; k < 8; ++k) {
-          w[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.q[k][8 * h][0]));
-          if constexpr (P::kSigned) w[k] = _mm256_xor_si256(w[k], flip);  // back to signed w
-        }
+        for (int k = 0; k < 8; ++k) w[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.q[k][8 * h][0]));
         const __m256 s0 = P::kHalfScale ? _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p.d16 + 8 * h)))
                                         : _mm256_load_ps(p.s0 + 8 * h);
-        for (int t = 0; t < NT; ++t) {
-          const XBlock& x = xj[t];
-          __m256i lo, hi;
-          if constexpr (P::kSigned) {  // |w| · (sign(w) x): no offset, so no correction
-            lo = hi = _mm256_setzero_si256();
-            for (int k = 0; k < 4; ++k) {
-              const __m256i xl = _mm256_set1_epi32(dword_at(x.qs + 4 * k));
-              const __m256i xh = _mm256_set1_epi32(dword_at(x.qs + 16 + 4 * k));
-              lo = _mm256_add_epi32(lo, dot4(_mm256_abs_epi8(w[k]), _mm256_sign_epi8(xl, w[k])));
-              hi = _mm256_add_epi32(hi, dot4(_mm256_abs_epi8(w[k + 4]), _mm256_sign_epi8(xh, w[k + 4])));
-            }
-          } else {
-            lo = _mm256_set1_epi32(P::corr_lo(x));
-            hi = _mm256_set1_epi32(P::corr_hi(x));
-            for (int k = 0; k < 4; ++k) {
-              lo = _mm256_add_epi32(lo, dot4(w[k], _mm256_set1_epi32(dword_at(x.qs + 4 * k))));
-              hi = _mm256_add_epi32(hi, dot4(w[k + 4], _mm256_set1_epi32(dword_at(x.qs + 16 + 4 * k))));
-            }
-          }
-          __m256i I;
-          if constexpr (P::kHalves)
-            I = _mm256_add_epi32(_mm256_mullo_epi32(lo, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.i0 + 8 * h))),
-                                 _mm256_mullo_epi32(hi, _mm256_load_si256(reinterpret_cast<const __m256i*>(p.i1 + 8 * h))));
-          else
-            I = _mm256_add_epi32(lo, hi);
-          f[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(s0, _mm256_set1_ps(x.d)), f[t][h]);
-          if constexpr (P::kMin)
-            f[t][h] = _mm256_fmadd_ps(_mm256_load_ps(p.s1 + 8 * h), _mm256_set1_ps(x.dsum), f[t][h]);
-        }
+        const __m256 s1 = P::kMin ? _mm256_load_ps(p.s1 + 8 * h) : _mm256_setzero_ps();
+        const __m256i i0 = P::kHalves ? _mm256_load_si256(reinterpret_cast<const __m256i*>(p.i0 + 8 * h)) : _mm256_setzero_si256();
+        const __m256i i1 = P::kHalves ? _mm256_load_si256(reinterpret_cast<const __m256i*>(p.i1 + 8 * h)) : _mm256_setzero_si256();
+        avx2_block<P, NT>(w, s0, s1, i0, i1, xb + j * xs, f, h);
       }
     }
     for (int t = 0; t < NT; ++t)
       for (int h = 0; h < 2; ++h) _mm256_storeu_ps(acc + t * kRows + 8 * h, f[t][h]);
+  }
+};
+
+// Decode on AVX2: as Vnni512Decode, each block as two halves of 8 rows.
+template <class P, int NT>
+struct Avx2Decode {
+  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    const int64_t N = W.rows, nb = W.cols / 32;
+    const size_t rb = W.row_bytes();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), zi = _mm256_setzero_si256();
+    const __m256 zf = _mm256_setzero_ps();
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, r1 - g));
+      const uint8_t* rows[kRows];
+      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min(r, nr - 1));
+      __m256 f[NT][2];
+      for (int t = 0; t < NT; ++t) f[t][0] = f[t][1] = zf;
+      if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
+        constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
+        constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+        for (int64_t j = 0; j < nb; ++j) {
+          const size_t off = size_t(j) * bytes;
+          if (q8 || j % 2 == 0) prefetch_rows_ahead(rows, off, rb, 1);
+          alignas(32) uint16_t d16[kRows];
+          gather_d16(rows, off, d16);
+          for (int h = 0; h < 2; ++h) {
+            __m256i w[8];
+            if constexpr (q8) Avx2Quants::w_q8_0(rows, off, h, w);
+            else Avx2Quants::w_q4_0(rows, off, h, w);
+            const __m256 s0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
+            avx2_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f, h);
+          }
+        }
+      } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
+        for (int64_t j = 0; j < nb; j += 8) {
+          const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
+          prefetch_rows_ahead(rows, off, rb, 3);
+          alignas(64) Packed sc[8];
+          q4_K_scales(rows, off, sc);
+          for (int gq = 0; gq < 4; ++gq)
+            for (int h = 0; h < 2; ++h) {
+              __m256i v[8], w[8];
+              Avx2Quants::v_q4_K(rows, off, gq, h, v);
+              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(v[k], m4);
+              const Packed& a = sc[2 * gq];
+              avx2_block<P, NT>(w, _mm256_load_ps(a.s0 + 8 * h), _mm256_load_ps(a.s1 + 8 * h), zi, zi,
+                                xb + (j + 2 * gq) * NT, f, h);
+              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);
+              const Packed& b = sc[2 * gq + 1];
+              avx2_block<P, NT>(w, _mm256_load_ps(b.s0 + 8 * h), _mm256_load_ps(b.s1 + 8 * h), zi, zi,
+                                xb + (j + 2 * gq + 1) * NT, f, h);
+            }
+        }
+      } else {  // Q6_K: its packer's bytes, one super-block at a time (no hot path on AVX2)
+        for (int64_t j = 0; j < nb; j += 8) {
+          const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
+          prefetch_rows_ahead(rows, off, rb, 4);
+          alignas(64) Packed p[8];
+          Avx2Quants::q6_K(rows, off, p);
+          q6_K_scales(rows, off, p);
+          for (int q = 0; q < 8; ++q)
+            for (int h = 0; h < 2; ++h) {
+              __m256i w[8];
+              for (int k = 0; k < 8; ++k) w[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p[q].q[k][8 * h][0]));
+              avx2_block<P, NT>(w, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p[q].d16 + 8 * h))), zf,
+                                _mm256_load_si256(reinterpret_cast<const __m256i*>(p[q].i0 + 8 * h)),
+                                _mm256_load_si256(reinterpret_cast<const __m256i*>(p[q].i1 + 8 * h)),
+                                xb + (j + q) * NT, f, h);
+            }
+        }
+      }
+      for (int t = 0; t < NT; ++t) {
+        float out[kRows];
+        _mm256_storeu_ps(out, f[t][0]);
+        _mm256_storeu_ps(out + 8, f[t][1]);
+        std::memcpy(y + t * N + g, out, sizeof(float) * size_t(nr));
+      }
+    }
   }
 };
 
@@ -563,11 +798,12 @@ struct Q8Kernels {
   int tg;                        // tokens per micro-kernel call
   PackFn pack;
   MicroKernel kernel[kMaxTg];    // [NT - 1]
+  DecodeFn decode[kDecodeMaxTokens];  // [NT - 1]
 };
 
-template <template <class, int> class K, class P, int... NT>
-Q8Kernels make_kernels(PackFn pack, std::integer_sequence<int, NT...>) {
-  return Q8Kernels{int(sizeof...(NT)), pack, {&K<P, NT + 1>::run...}};
+template <template <class, int> class K, template <class, int> class D, class P, int... NT, int... DT>
+Q8Kernels make_kernels(PackFn pack, std::integer_sequence<int, NT...>, std::integer_sequence<int, DT...>) {
+  return Q8Kernels{int(sizeof...(NT)), pack, {&K<P, NT + 1>::run...}, {&D<P, DT + 1>::run...}};
 }
 
 enum Q8Type { kQ8_0, kQ4_0, kQ4_K, kQ6_K, kNumQ8Types };
@@ -581,16 +817,17 @@ int q8_type(DType t) {
   }
 }
 
-template <template <class, int> class K, class Q, int TG>
+template <template <class, int> class K, template <class, int> class D, class Q, int TG>
 std::vector<Q8Kernels> make_table() {
   const auto nt = std::make_integer_sequence<int, TG>{};
-  return {make_kernels<K, Q8_0Policy>(Q::pack_q8_0, nt), make_kernels<K, Q4_0Policy>(Q::pack_q4_0, nt),
-          make_kernels<K, Q4_KPolicy>(Q::pack_q4_K, nt), make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, nt)};
+  const auto dt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
+  return {make_kernels<K, D, Q8_0Policy>(Q::pack_q8_0, nt, dt), make_kernels<K, D, Q4_0Policy>(Q::pack_q4_0, nt, dt),
+          make_kernels<K, D, Q4_KPolicy>(Q::pack_q4_K, nt, dt), make_kernels<K, D, Q6_KPolicy>(Q::pack_q6_K, nt, dt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
-const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Avx512Quants, 8>();
-const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Quants, 4>();
+const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Vnni512Decode, Avx512Quants, 8>();
+const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Decode, Avx2Quants, 4>();
 
 bool has_avx512_vnni() {
   static const bool yes = [] {
@@ -738,6 +975,11 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y, Thre
   XBlock* xb = x_scratch.get(size_t(n_tokens * (W.cols / 32)));
   quantize_activations(x, n_tokens, W.cols, xb);
   const Q8Kernels& ks = kernels_for(W.dtype);
+  if (n_tokens <= kDecodeMaxTokens) {
+    const DecodeFn decode = ks.decode[n_tokens - 1];
+    pool.parallel_for(W.rows, [&](int64_t r0, int64_t r1) { decode(W, xb, y, r0, r1); }, kRows);
+    return;
+  }
   pool.parallel_for(
       W.rows, [&](int64_t r0, int64_t r1) { matmul_q8_rows(W, xb, n_tokens, y, r0, r1, ks); }, kRows);
 }
