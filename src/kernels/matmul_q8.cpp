@@ -14,6 +14,13 @@
 //                I[16 rows] = exact int sums (vpdpbusd with the token's 4 quants broadcast; AVX2:
 //                vpmaddubsw + vpmaddwd), then acc[16 rows] = fma(float(I), dw * dx, acc)
 //      The accumulators of a row group live in memory between chunks (acc[token][16]).
+//   2'. decode (at most kDecodeMaxTokens tokens; Q8_0, Q4_0, Q4_K): no packing. Per thread, per
+//      group of 16 rows, the accumulators stay in registers while the group's blocks are walked
+//      in order straight from W: the same loaders that feed the packers build each block's
+//      transposed quants in registers (only a Q4_K super-block's scales go through a small
+//      buffer; Q8_0 / Q4_0 gather their 16 d's), and the same per-block step as the
+//      micro-kernels (vnni_block / avx2_block) adds the block. While a group runs, the next
+//      group (16 contiguous rows) is prefetched into L2 in step with it.
 // Lanes are rows, so every output is one sequential chain over its blocks: the same whatever the
 // ISA, the tile shape, the thread count or the number of tokens. The unsigned-times-signed byte
 // products take the weights as the unsigned side: Q4_0 / Q4_K / Q6_K store unsigned quants (the
@@ -117,8 +124,9 @@ inline void store_rows8(Packed* out, int k, int h, __m256i v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
 }
 
-// 8 rows of 8 dwords -> v[k] = dword k of the 8 rows.
-inline void transpose8x8(__m256i v[8]) {
+// 8 rows of 8 dwords -> v[k] = dword k of the 8 rows. (The transposes are forced inline: called
+// out of line, their arrays go through memory, which cost the Q6_K packer ~15 %.)
+[[gnu::always_inline]] inline void transpose8x8(__m256i v[8]) {
   __m256i a[8], b[8];
   for (int i = 0; i < 4; ++i) {
     a[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
@@ -137,7 +145,7 @@ inline void transpose8x8(__m256i v[8]) {
 }
 
 // 4 registers, lane 0 = row g, lane 1 = row 4 + g -> r[k] = dword k of rows 0..7.
-inline void transpose4x4_lanes(__m256i z[4]) {
+[[gnu::always_inline]] inline void transpose4x4_lanes(__m256i z[4]) {
   const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
   const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
   z[0] = _mm256_unpacklo_epi64(t0, t2);
@@ -344,7 +352,7 @@ inline void store_rows16(Packed* out, int k, __m512i v) { _mm512_store_si512(&ou
 
 // v[i] = [row i | row i + 8], 8 dwords each -> v[k] = dword k of rows 0..15 (transpose8x8 in
 // each 256-bit half, then the halves' 128-bit lanes put in row order).
-inline void transpose16x8(__m512i v[8]) {
+[[gnu::always_inline]] inline void transpose16x8(__m512i v[8]) {
   __m512i a[8], b[8];
   for (int i = 0; i < 4; ++i) {
     a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
@@ -396,6 +404,14 @@ struct Avx512Quants {
     const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
     for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
     transpose16x8(v);
+  }
+  // v_q4_K for the decode loop with the transpose out of line: inlined there, GCC 12's register
+  // allocation made 1-token Q4_K decode ~15-35 % slower (measured).
+  [[gnu::noinline]] static void transpose16x8_outline(__m512i v[8]) { transpose16x8(v); }
+  static void v_q4_K_outline(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
+    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
+    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
+    transpose16x8_outline(v);
   }
   static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
     __m512i w[8];
@@ -452,14 +468,16 @@ struct Avx512Quants {
 using DecodeFn = void (*)(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1);
 constexpr int kDecodeMaxTokens = 4;
 
-// A group reads 16 rows in short bursts, which the hardware prefetchers do not follow: each
-// step prefetches the lines kDecodeAhead bytes further in each row (past a row's end, the same
-// place in the row 16 on, the next group's: rows are contiguous).
-constexpr size_t kDecodeAhead = 512;
-inline void prefetch_rows_ahead(const uint8_t* const* rows, size_t off, size_t rb, int lines) {
-  const size_t o = off + kDecodeAhead, at = o < rb ? o : o + 15 * rb;
-  for (int r = 0; r < kRows; ++r)
-    for (int l = 0; l < lines; ++l) _mm_prefetch(reinterpret_cast<const char*>(rows[r] + at + 64 * l), _MM_HINT_T0);
+// A group reads its 16 rows in short bursts, which the hardware prefetchers do not follow. The
+// rows are contiguous, so the next group is one contiguous run of 16 row lengths: each step that
+// advances the rows by `step` bytes from `off` prefetches the next 16·step bytes of that run into
+// L2 (prefetcht1), so the next group is in L2 when it starts. Measured on Zen 5 (2 threads, decode):
+// 67-73 GB/s for Q8_0 / Q4_K; prefetching each row 256-1024 bytes ahead into L1 gave 57-69.
+// (asm: GCC deletes a call to a function whose only effects are __builtin_prefetch.)
+inline void prefetch_next_group(const uint8_t* row0, size_t rb, size_t off, size_t step) {
+  const uint8_t* next = row0 + kRows * rb;
+  for (size_t o = (kRows * off) & ~size_t(63); o < kRows * (off + step); o += 64)
+    asm volatile("prefetcht1 (%0)" : : "r"(next + o));
 }
 
 // ================================ micro-kernels =================================================
@@ -537,20 +555,31 @@ struct Vnni512 {
       for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(&p.q[k][0][0]);
       const __m512 s0 = P::kHalfScale ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.d16)))
                                       : _mm512_load_ps(p.s0);
-      const __m512 s1 = P::kMin ? _mm512_load_ps(p.s1) : _mm512_setzero_ps();
-      const __m512i i0 = P::kHalves ? _mm512_load_si512(p.i0) : _mm512_setzero_si512();
-      const __m512i i1 = P::kHalves ? _mm512_load_si512(p.i1) : _mm512_setzero_si512();
-      vnni_block<P, NT>(w, s0, s1, i0, i1, xb + j * xs, f);
+      const XBlock* xj = xb + j * xs;
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const XBlock& x = xj[t];
+        __m512i lo = _mm512_set1_epi32(P::corr_lo(x)), hi = _mm512_set1_epi32(P::corr_hi(x));
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+          lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_set1_epi32(dword_at(x.qs + 4 * k)));
+          hi = _mm512_dpbusd_epi32(hi, w[k + 4], _mm512_set1_epi32(dword_at(x.qs + 16 + 4 * k)));
+        }
+        __m512i I;
+        if constexpr (P::kHalves)
+          I = _mm512_add_epi32(_mm512_mullo_epi32(lo, _mm512_load_si512(p.i0)),
+                               _mm512_mullo_epi32(hi, _mm512_load_si512(p.i1)));
+        else
+          I = _mm512_add_epi32(lo, hi);
+        f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(s0, _mm512_set1_ps(x.d)), f[t]);
+        if constexpr (P::kMin) f[t] = _mm512_fmadd_ps(_mm512_load_ps(p.s1), _mm512_set1_ps(x.dsum), f[t]);
+      }
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(acc + t * kRows, f[t]);
   }
 };
 
-// ---- decode (a few tokens): the weights read in place ----
-// Decode<NT>: y[t][r] for rows [r0, r1), NT tokens (xb: x_stride = NT), walking each group of
-// 16 rows' blocks in order straight from W: the loaders above build w in registers, and only
-// the K-quants' scales go through a small buffer (one super-block's).
 template <class P, int NT>
 struct Vnni512Decode {
   static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
@@ -575,60 +604,28 @@ struct Vnni512Decode {
             _mm512_set1_epi32(int(rb)));
         for (int64_t j = 0; j < nb; ++j) {
           const size_t off = size_t(j) * bytes;
-          if (q8 || j % 2 == 0) prefetch_rows_ahead(rows, off, rb, 1);  // a point every <= 64 bytes
+          prefetch_next_group(rows[0], rb, off, bytes);
           __m512i w[8];
           if constexpr (q8) Avx512Quants::w_q8_0(rows, off, w);
           else Avx512Quants::w_q4_0(rows, off, w);
           const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, rows[0] + off, 1)));
           vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
         }
-      } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
+      } else {  // Q4_K
         for (int64_t j = 0; j < nb; j += 8) {
           const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
-          prefetch_rows_ahead(rows, off, rb, 3);
+          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
           alignas(64) Packed sc[8];
           q4_K_scales(rows, off, sc);
           for (int gq = 0; gq < 4; ++gq) {
             __m512i v[8], w[8];
-            Avx512Quants::v_q4_K(rows, off, gq, v);
+            Avx512Quants::v_q4_K_outline(rows, off, gq, v);
             for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
             const Packed& a = sc[2 * gq];
             vnni_block<P, NT>(w, _mm512_load_ps(a.s0), _mm512_load_ps(a.s1), zi, zi, xb + (j + 2 * gq) * NT, f);
             for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
             const Packed& b = sc[2 * gq + 1];
             vnni_block<P, NT>(w, _mm512_load_ps(b.s0), _mm512_load_ps(b.s1), zi, zi, xb + (j + 2 * gq + 1) * NT, f);
-          }
-        }
-      } else {  // Q6_K, as Avx512Quants::q6_K
-        const __m512i m2 = _mm512_set1_epi8(0x30);
-        for (int64_t j = 0; j < nb; j += 8) {
-          const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
-          prefetch_rows_ahead(rows, off, rb, 4);
-          alignas(64) Packed sc[8];
-          q6_K_scales(rows, off, sc);
-          const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(sc[0].d16)));
-          for (int half = 0; half < 2; ++half) {
-            __m512i a[8], b[8], hb[8];
-            const size_t oa = off + 64 * half, ob = oa + 32, oh = off + offsetof(BlockQ6_K, qh) + 32 * half;
-            for (int i = 0; i < 8; ++i) {
-              a[i] = load_2x256(rows[i] + oa, rows[i + 8] + oa);
-              b[i] = load_2x256(rows[i] + ob, rows[i + 8] + ob);
-              hb[i] = load_2x256(rows[i] + oh, rows[i + 8] + oh);
-            }
-            transpose16x8(a);
-            transpose16x8(b);
-            transpose16x8(hb);
-            for (int q = 0; q < 4; ++q) {
-              __m512i w[8];
-              for (int k = 0; k < 8; ++k) {
-                const __m512i lo = q == 0 ? a[k] : q == 1 ? b[k] : q == 2 ? _mm512_srli_epi16(a[k], 4) : _mm512_srli_epi16(b[k], 4);
-                const __m512i hi = q == 0 ? _mm512_slli_epi16(hb[k], 4) : q == 1 ? _mm512_slli_epi16(hb[k], 2)
-                                 : q == 2 ? hb[k] : _mm512_srli_epi16(hb[k], 2);
-                w[k] = _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_and_si512(hi, m2));
-              }
-              const Packed& p = sc[4 * half + q];
-              vnni_block<P, NT>(w, d, zf, _mm512_load_si512(p.i0), _mm512_load_si512(p.i1), xb + (j + 4 * half + q) * NT, f);
-            }
           }
         }
       }
@@ -732,7 +729,7 @@ struct Avx2Decode {
         constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
         for (int64_t j = 0; j < nb; ++j) {
           const size_t off = size_t(j) * bytes;
-          if (q8 || j % 2 == 0) prefetch_rows_ahead(rows, off, rb, 1);
+          prefetch_next_group(rows[0], rb, off, bytes);
           alignas(32) uint16_t d16[kRows];
           gather_d16(rows, off, d16);
           for (int h = 0; h < 2; ++h) {
@@ -743,10 +740,10 @@ struct Avx2Decode {
             avx2_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f, h);
           }
         }
-      } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
+      } else {  // Q4_K
         for (int64_t j = 0; j < nb; j += 8) {
           const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
-          prefetch_rows_ahead(rows, off, rb, 3);
+          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
           alignas(64) Packed sc[8];
           q4_K_scales(rows, off, sc);
           for (int gq = 0; gq < 4; ++gq)
@@ -761,23 +758,6 @@ struct Avx2Decode {
               const Packed& b = sc[2 * gq + 1];
               avx2_block<P, NT>(w, _mm256_load_ps(b.s0 + 8 * h), _mm256_load_ps(b.s1 + 8 * h), zi, zi,
                                 xb + (j + 2 * gq + 1) * NT, f, h);
-            }
-        }
-      } else {  // Q6_K: its packer's bytes, one super-block at a time (no hot path on AVX2)
-        for (int64_t j = 0; j < nb; j += 8) {
-          const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
-          prefetch_rows_ahead(rows, off, rb, 4);
-          alignas(64) Packed p[8];
-          Avx2Quants::q6_K(rows, off, p);
-          q6_K_scales(rows, off, p);
-          for (int q = 0; q < 8; ++q)
-            for (int h = 0; h < 2; ++h) {
-              __m256i w[8];
-              for (int k = 0; k < 8; ++k) w[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p[q].q[k][8 * h][0]));
-              avx2_block<P, NT>(w, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p[q].d16 + 8 * h))), zf,
-                                _mm256_load_si256(reinterpret_cast<const __m256i*>(p[q].i0 + 8 * h)),
-                                _mm256_load_si256(reinterpret_cast<const __m256i*>(p[q].i1 + 8 * h)),
-                                xb + (j + q) * NT, f, h);
             }
         }
       }
@@ -798,12 +778,20 @@ struct Q8Kernels {
   int tg;                        // tokens per micro-kernel call
   PackFn pack;
   MicroKernel kernel[kMaxTg];    // [NT - 1]
-  DecodeFn decode[kDecodeMaxTokens];  // [NT - 1]
+  DecodeFn decode[kDecodeMaxTokens];  // [NT - 1]; null: the packed path (Q6_K)
 };
+
+// Q6_K has no decode kernel: its blocks built in registers spill, and through the packer in the
+// decode loop it measured 3-5 % slower than the packed path.
+template <template <class, int> class D, class P, int NT>
+DecodeFn decode_fn() {
+  if constexpr (std::is_same_v<P, Q6_KPolicy>) return nullptr;
+  else return &D<P, NT>::run;
+}
 
 template <template <class, int> class K, template <class, int> class D, class P, int... NT, int... DT>
 Q8Kernels make_kernels(PackFn pack, std::integer_sequence<int, NT...>, std::integer_sequence<int, DT...>) {
-  return Q8Kernels{int(sizeof...(NT)), pack, {&K<P, NT + 1>::run...}, {&D<P, DT + 1>::run...}};
+  return Q8Kernels{int(sizeof...(NT)), pack, {&K<P, NT + 1>::run...}, {decode_fn<D, P, DT + 1>()...}};
 }
 
 enum Q8Type { kQ8_0, kQ4_0, kQ4_K, kQ6_K, kNumQ8Types };
@@ -975,7 +963,7 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y, Thre
   XBlock* xb = x_scratch.get(size_t(n_tokens * (W.cols / 32)));
   quantize_activations(x, n_tokens, W.cols, xb);
   const Q8Kernels& ks = kernels_for(W.dtype);
-  if (n_tokens <= kDecodeMaxTokens) {
+  if (n_tokens <= kDecodeMaxTokens && ks.decode[n_tokens - 1]) {
     const DecodeFn decode = ks.decode[n_tokens - 1];
     pool.parallel_for(W.rows, [&](int64_t r0, int64_t r1) { decode(W, xb, y, r0, r1); }, kRows);
     return;
