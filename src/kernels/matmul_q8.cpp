@@ -52,6 +52,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "kernels/dequant.h"
+#include "kernels/kernel_util.h"
 #include "quant/blocks.h"
 
 namespace mixtral {
@@ -832,30 +833,8 @@ const Q8Kernels& kernels_for(DType t) {
 
 // ================================ driver ========================================================
 
-// A 64-byte aligned buffer that only grows (one per thread: no allocation once it is big enough).
-template <class T>
-class Scratch {
- public:
-  T* get(size_t n) {
-    if (n > cap_) {
-      buf_.reset(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)));
-      if (!buf_) throw std::bad_alloc();
-      cap_ = n;
-    }
-    return buf_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(T* p) const { std::free(p); }
-  };
-  std::unique_ptr<T, Free> buf_;
-  size_t cap_ = 0;
-};
-
-inline void prefetch(const uint8_t* p, size_t bytes) {
-  for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
-}
+using kernel_util::prefetch;
+using kernel_util::Scratch;
 
 void matmul_q8_rows(const Matrix& W, const XBlock* xb, int64_t n_tokens, float* y, int64_t r0,
                     int64_t r1, const Q8Kernels& ks) {
