@@ -127,7 +127,7 @@ TEST(Engine, BatchOfPromptsEqualsEachAlone) {
   KVCache kv = KVCache::reserved(c, int(prompts.size()), 256);
   int64_t total = 0;
   for (const auto& p : prompts) total += int64_t(p.size());
-  State state(c, total, 256, 2);
+  State state(c, total, 2);
   state.reserve_logit_rows(total);
   Batch b;
   for (size_t s = 0; s < prompts.size(); ++s)
@@ -151,7 +151,7 @@ TEST(Engine, LogitsRowsMustBeReserved) {
   const Config& c = model->config();
   ThreadPool pool(1);
   KVCache kv = KVCache::reserved(c, 1, 32);
-  State state(c, 8, 32, 1);
+  State state(c, 8, 1);
   EXPECT_EQ(state.max_logit_rows, 1);
   EXPECT_EQ(state.logits.size(), size_t(c.vocab_size));  // not [max_tokens][vocab]
   Batch b;

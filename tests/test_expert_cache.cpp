@@ -79,7 +79,6 @@ void expect_offloading_exact(const std::string& rel) {
         expect_same_bits(run(*m, tokens), want, what);
         const ExpertCacheStats st = m->expert_cache()->stats();
         EXPECT_GT(st.demanded, 0u) << what;
-        EXPECT_LE(st.hits + st.in_flight, st.demanded) << what;
         EXPECT_GE(st.loads, st.demanded - st.hits - st.in_flight) << what;  // every miss was read
         if (f == PrefetchMode::None) EXPECT_EQ(st.prefetch_loads, 0u) << what;
       }

@@ -6,7 +6,6 @@
 // weight traffic (decode, GB/s) or arithmetic rate (prefill, GFLOP/s) it implies, and the peak
 // resident memory. --measure-limits adds the machine's read bandwidth, so decode speed comes with
 // its ratio to the memory-bandwidth ceiling.
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <cmath>

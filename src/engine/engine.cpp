@@ -92,7 +92,7 @@ struct Engine::Impl {
         opt(o),
         pool(o.n_threads > 0 ? o.n_threads : ThreadPool::default_threads()),
         kv(m.config(), o.kv_blocks, o.block_size),
-        state(m.config(), o.step_tokens, o.n_ctx, pool.size()) {
+        state(m.config(), o.step_tokens, pool.size()) {
     state.reserve_logit_rows(o.n_parallel);  // a step samples one token of each running sequence
     metrics.ttft = latency_histogram();
     metrics.itl = latency_histogram();

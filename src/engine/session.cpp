@@ -18,8 +18,7 @@ Session::Session(const Model& model, const SessionOptions& o)
       pool_(threads_or_default(o.n_threads)),
       n_ctx_(ctx_or_max(model, o.n_ctx)),
       kv_(KVCache::reserved(model.config(), 1, n_ctx_)),
-      state_(model.config(), std::max<int64_t>(1, std::min(o.n_batch, ctx_or_max(model, o.n_ctx))),
-             ctx_or_max(model, o.n_ctx), threads_or_default(o.n_threads)),
+      state_(model.config(), std::max<int64_t>(1, std::min(o.n_batch, n_ctx_)), threads_or_default(o.n_threads)),
       n_batch_(state_.max_tokens) {}
 
 const std::vector<float>& Session::eval(const std::vector<int32_t>& tokens, bool all_logits) {

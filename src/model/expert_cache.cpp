@@ -125,11 +125,10 @@ void ExpertCache::fill() {
   }
   io_wake_.notify_all();
   std::unique_lock<std::mutex> lk(mu_);
-  ready_.wait(lk, [&] {
-    if (!error_.empty() || !prefetch_queue_.empty()) return !error_.empty();
-    for (const Entry& en : entries_)
-      if (en.state == State::Loading) return false;
-    return true;
+  ready_.wait(lk, [&] {  // a read failed, or every queued read is done
+    if (!error_.empty()) return true;
+    return prefetch_queue_.empty() &&
+           std::none_of(entries_.begin(), entries_.end(), [](const Entry& en) { return en.state == State::Loading; });
   });
   if (!error_.empty()) throw Error(error_);
   for (Entry& en : entries_) {

@@ -214,15 +214,15 @@ void Model::offload_experts(const std::vector<const MappedFile*>& files, uint64_
                                 " = " + format_size(fixed + slot));
 
   // Read the resident weights into memory past the page cache, and point the views at them.
-  for (size_t i = 0; i < resident.size(); ++i) {
-    Matrix* m = resident[i];
+  std::vector<std::unique_ptr<DirectFile>> readers;
+  for (const std::string& p : paths) readers.push_back(std::make_unique<DirectFile>(p));
+  for (Matrix* m : resident) {
     const auto part = locate(*m);
     const size_t span = DirectFile::span(part.offset, m->bytes());
     void* buf = std::aligned_alloc(DirectFile::kAlign, span);
     if (!buf) fail("--memory-budget", "cannot allocate " + format_size(span) + " for resident weights");
     owned_.emplace_back(static_cast<uint8_t*>(buf), std::free);
-    DirectFile f(paths[size_t(part.file)]);
-    const uint8_t* data = f.read(part.offset, m->bytes(), owned_.back().get());
+    const uint8_t* data = readers[size_t(part.file)]->read(part.offset, m->bytes(), owned_.back().get());
     if (m == &weights_.token_embd && config_.tied_embeddings) weights_.output.data = data;
     m->data = data;
   }

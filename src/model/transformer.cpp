@@ -17,7 +17,7 @@ AttentionShape attention_shape(const Config& c) {
 }
 }  // namespace
 
-State::State(const Config& c, int64_t max_tokens_, int64_t max_ctx, int n_threads)
+State::State(const Config& c, int64_t max_tokens_, int n_threads)
     : max_tokens(max_tokens_), dim_(c.dim), vocab_(c.vocab_size) {
   const size_t T = size_t(max_tokens), k = size_t(c.is_moe() ? c.n_experts_used : 1);
   const size_t E = size_t(c.is_moe() ? c.n_experts : 1);

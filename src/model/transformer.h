@@ -24,8 +24,7 @@ namespace mixtral {
 inline constexpr int64_t kExpertRows = 128;
 
 struct State {
-  // max_ctx is no longer used (attention keeps no row of scores over the context).
-  State(const Config& c, int64_t max_tokens, int64_t max_ctx, int n_threads);
+  State(const Config& c, int64_t max_tokens, int n_threads);
 
   int64_t max_tokens;
   std::vector<float> x;        // [T][dim]       the residual stream

@@ -67,10 +67,11 @@ std::string render_metrics(const EngineMetrics& m, const HttpCounts& http) {
       {"mixtral_engine_steps_total", "counter", "Forward steps the engine ran.", double(m.steps)},
   };
   std::string out;
-  for (const Scalar& s : scalars) {
+  const auto render = [&](const Scalar& s) {
     header(out, s.name, s.type, s.help);
     out += std::string(s.name) + " " + num(s.value) + "\n";
-  }
+  };
+  for (const Scalar& s : scalars) render(s);
   out += render_histogram("mixtral_time_to_first_token_seconds", "Time from submission to the first generated token.", m.ttft);
   out += render_histogram("mixtral_inter_token_latency_seconds", "Time between consecutive tokens of a request.", m.itl);
 
@@ -94,10 +95,7 @@ std::string render_metrics(const EngineMetrics& m, const HttpCounts& http) {
          c->stall_s},
         {"mixtral_expert_cache_tokens_total", "counter", "Tokens run through the forward pass.", double(c->tokens)},
     };
-    for (const Scalar& s : cache) {
-      header(out, s.name, s.type, s.help);
-      out += std::string(s.name) + " " + num(s.value) + "\n";
-    }
+    for (const Scalar& s : cache) render(s);
   }
 
   header(out, "mixtral_http_responses_total", "counter", "HTTP responses by route and status.");
