@@ -14,8 +14,9 @@
 //                I[16 rows] = exact int sums (vpdpbusd with the token's 4 quants broadcast; AVX2:
 //                vpmaddubsw + vpmaddwd), then acc[16 rows] = fma(float(I), dw * dx, acc)
 //      The accumulators of a row group live in memory between chunks (acc[token][16]).
-//   2'. decode (at most kDecodeMaxTokens tokens; Q8_0, Q4_0, Q4_K): no packing. Per thread, per
-//      group of 16 rows, the accumulators stay in registers while the group's blocks are walked
+//   2'. decode and small batches (at most 8 tokens on AVX-512, 4 on AVX2; Q8_0, Q4_0, Q4_K): no
+//      packing (which costs the same whatever the token count). Per thread, per group of 16
+//      rows, the accumulators stay in registers while the group's blocks are walked
 //      in order straight from W: the same loaders that feed the packers build each block's
 //      transposed quants in registers (only a Q4_K super-block's scales go through a small
 //      buffer; Q8_0 / Q4_0 gather their 16 d's), and the same per-block step as the
@@ -467,7 +468,12 @@ struct Avx512Quants {
 // ================================ decode: shared =================================================
 
 using DecodeFn = void (*)(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1);
-constexpr int kDecodeMaxTokens = 4;
+// Up to 8 tokens the in-place kernels beat the packed path (bench_matmul, Q8_0 up shape, 2
+// threads, Zen 5: 5 tokens 457 -> 647 GFLOP/s, 8 tokens 629 -> 870; the packed path gave 866 at
+// 16 tokens). The server's 16-stream step gives most experts 2-8 tokens. AVX2 keeps 4: its 16
+// registers hold no more accumulators.
+constexpr int kDecodeMaxTokens = 8;
+constexpr int kAvx2DecodeMaxTokens = 4;
 
 // A group reads its 16 rows in short bursts, which the hardware prefetchers do not follow. The
 // rows are contiguous, so the next group is one contiguous run of 16 row lengths: each step that
@@ -779,7 +785,7 @@ struct Q8Kernels {
   int tg;                        // tokens per micro-kernel call
   PackFn pack;
   MicroKernel kernel[kMaxTg];    // [NT - 1]
-  DecodeFn decode[kDecodeMaxTokens];  // [NT - 1]; null: the packed path (Q6_K)
+  DecodeFn decode[kDecodeMaxTokens];  // [NT - 1]; null: the packed path (Q6_K; AVX2 past 4 tokens)
 };
 
 // Q6_K has no decode kernel: its blocks built in registers spill, and through the packer in the
@@ -787,6 +793,7 @@ struct Q8Kernels {
 template <template <class, int> class D, class P, int NT>
 DecodeFn decode_fn() {
   if constexpr (std::is_same_v<P, Q6_KPolicy>) return nullptr;
+  else if constexpr (NT > kAvx2DecodeMaxTokens && std::is_same_v<D<P, NT>, Avx2Decode<P, NT>>) return nullptr;
   else return &D<P, NT>::run;
 }
 
