@@ -100,6 +100,44 @@ TEST_F(ServingEngine, ConcurrentRequestsEqualEachAlone) {
   EXPECT_GT(routed, 0u);
 }
 
+// While a sequence decodes, a long prompt enters prefill_chunk tokens per step: its first
+// token needs at least prompt / prefill_chunk steps, and both outputs stay exact.
+TEST_F(ServingEngine, PrefillChunkBoundsPromptTokensPerDecodeStep) {
+  EngineOptions o;
+  o.n_parallel = 2;
+  o.n_ctx = 512;
+  o.step_tokens = 256;  // would take the whole prompt in one step
+  o.prefill_chunk = 8;
+  o.n_threads = 2;
+  Engine engine(*model_, o);
+  GenerationParams long_run = greedy(120);
+  long_run.ignore_eos = true;
+  const auto first_prompt = encode("A stream that keeps decoding.");
+  auto first = engine.submit(first_prompt, long_run);
+  RequestEvent ev;
+  ASSERT_TRUE(first->next(ev, 60000));  // decoding now
+  std::string text;
+  for (int i = 0; i < 12; ++i) text += "Every prompt token here shares a step with the running stream. ";
+  const auto prompt = encode(text);
+  ASSERT_GT(prompt.size(), 100u);
+  const uint64_t steps_before = engine.metrics().steps;
+  auto second = engine.submit(prompt, greedy(4));
+  RequestEvent first_of_b;
+  ASSERT_TRUE(second->next(first_of_b, 60000));
+  // the step that sampled it may not be counted yet: one step of slack
+  EXPECT_GE(engine.metrics().steps - steps_before + 1, prompt.size() / 8);
+  Outcome b = collect(*second);
+  b.tokens.insert(b.tokens.begin(), first_of_b.token);
+  const Outcome a = collect(*first);
+  ASSERT_EQ(a.last.finish_reason, "length") << "the first stream must still decode while the prompt enters";
+  EXPECT_EQ(b.tokens, alone(*model_, prompt, 4));
+  std::vector<int32_t> all_a = {ev.token};
+  all_a.insert(all_a.end(), a.tokens.begin(), a.tokens.end());
+  EXPECT_EQ(all_a.size(), 120u);
+  const EngineMetrics m = engine.metrics();
+  EXPECT_EQ(m.step.count, m.steps);
+}
+
 TEST_F(ServingEngine, PrefixSharingReusesBlocksAndKeepsOutputs) {
   EngineOptions o;
   o.n_parallel = 2;

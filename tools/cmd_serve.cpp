@@ -24,6 +24,7 @@ struct ServeFlags {
   int64_t max_queue = 64;
   size_t max_body = 8u << 20;
   int64_t kv_blocks = 0, block_size = 16;
+  int64_t prefill_chunk = 32;
   double grace = 5;
   int timeout = 60;
   int http_threads = 0;
@@ -44,6 +45,7 @@ int cmd_serve(const ServeFlags& f) {
   if (f.max_queue < 0) fail("--max-queue", "must not be negative");
   if (f.max_body < 1) fail("--max-body", "must be positive");
   if (f.port < 0 || f.port > 65535) fail("--port", "must be 0..65535");
+  if (f.prefill_chunk < 0) fail("--prefill-chunk", "must not be negative");
 
   ModelFlags mf = f.model;
   mf.kv_sequences = f.parallel;  // the KV cache --memory-budget must leave room for
@@ -56,6 +58,7 @@ int cmd_serve(const ServeFlags& f) {
   eo.kv_blocks = f.kv_blocks;
   eo.block_size = f.block_size;
   eo.step_tokens = f.model.batch;
+  eo.prefill_chunk = f.prefill_chunk;
   eo.max_queue = f.max_queue;
   eo.n_threads = f.model.threads;
   Engine engine(*model, eo);
@@ -110,6 +113,9 @@ void add_serve_command(CLI::App& app, Commands& commands) {
   s->add_option("--api-key", f->api_key, "require 'Authorization: Bearer KEY' on /v1/*")->envname("MIXTRAL_API_KEY");
   s->add_option("--max-queue", f->max_queue, "waiting requests beyond which new ones get 429");
   s->add_option("--max-body", f->max_body, "largest request body in bytes (larger: 413)");
+  s->add_option("--prefill-chunk", f->prefill_chunk,
+                 "most prompt tokens per step while other sequences decode (0: up to -b); smaller keeps "
+                 "running streams' inter-token latency lower, larger gives new requests their first token sooner");
   s->add_option("--kv-blocks", f->kv_blocks, "KV-cache blocks in the pool (default: parallel x ctx / block size)");
   s->add_option("--block-size", f->block_size, "positions per KV-cache block");
   s->add_option("--shutdown-grace", f->grace, "seconds in-flight requests may finish after SIGINT/SIGTERM");

@@ -96,6 +96,7 @@ struct Engine::Impl {
     state.reserve_logit_rows(o.n_parallel);  // a step samples one token of each running sequence
     metrics.ttft = latency_histogram();
     metrics.itl = latency_histogram();
+    metrics.step = latency_histogram();
     metrics.kv_blocks_total = kv.n_blocks();
     loop = std::thread([this] { run(); });
   }
@@ -192,8 +193,10 @@ bool Engine::Impl::step() {
   batch.clear();
   std::vector<Seq*> rows;  // the sequence of each logits row, in batch order
   int64_t budget = opt.step_tokens;
-  // Decode tokens first (one each: bounded latency for running streams), then prefill chunks.
+  // Decode tokens first (one each: bounded latency for running streams), then prefill chunks,
+  // at most prefill_chunk of them when the step also decodes.
   for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1 && !rows.empty() && opt.prefill_chunk > 0) budget = std::min(budget, opt.prefill_chunk);
     for (auto& sp : running) {
       Seq& s = *sp;
       const int64_t todo = int64_t(s.tokens.size()) - s.n_computed;
@@ -212,13 +215,16 @@ bool Engine::Impl::step() {
     }
   }
   if (batch.size() == 0) return false;
+  const auto t0 = Clock::now();
   forward(model, batch, kv, state, pool, &experts);
+  const double dt = seconds(Clock::now() - t0);
   const int64_t V = model.config().vocab_size;
   for (size_t i = 0; i < rows.size(); ++i) sample(*rows[i], &state.logits[int64_t(i) * V]);
   for (auto& sp : running)
     if (sp->slot >= 0) kv.register_blocks(sp->slot, sp->tokens, sp->n_computed);
   std::lock_guard<std::mutex> lock(mutex);
   ++metrics.steps;
+  metrics.step.observe(dt);
   return true;
 }
 

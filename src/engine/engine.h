@@ -1,8 +1,8 @@
 // The serving engine: one loop thread that owns the model's forward pass and runs every active
 // request together (continuous batching). Each step builds one Batch from
 //   - one decode token of every running sequence, and
-//   - a chunk of the prompt of sequences still prefilling (bounded by step_tokens, so long
-//     prompts never stall running streams for long),
+//   - a chunk of the prompt of sequences still prefilling (bounded by step_tokens, and by
+//     prefill_chunk while any sequence decodes, so long prompts never stall running streams for long),
 // so the MoE layer groups tokens of *different* requests by expert. New requests join between
 // steps; cancelled ones leave between steps and give their KV blocks back.
 //
@@ -31,6 +31,9 @@ struct EngineOptions {
   int64_t kv_blocks = 0;       // KV blocks in the pool; 0: n_parallel * n_ctx / block_size
   int64_t block_size = 16;     // positions per KV block
   int64_t step_tokens = 256;   // most tokens per forward step (decode tokens + prefill chunks)
+  // Most prompt tokens per step while any sequence is decoding (0: step_tokens bounds them). Each
+  // prompt token in a decode step adds to every running stream's inter-token latency.
+  int64_t prefill_chunk = 0;
   int64_t max_queue = 64;      // waiting requests beyond which submit() refuses
   int n_threads = 0;           // 0: all cores
 };
@@ -109,6 +112,7 @@ struct EngineMetrics {
   int64_t kv_blocks_total = 0, kv_blocks_used = 0, kv_blocks_free = 0;
   uint64_t steps = 0;
   Histogram ttft, itl;                             // time to first token, inter-token latency
+  Histogram step;                                  // duration of each forward step
   std::vector<std::vector<uint64_t>> expert_tokens;  // [layer][expert]: tokens routed (all ranks)
   std::optional<ExpertCacheStats> expert_cache;      // offloaded experts only
   int64_t expert_cache_slots = 0;

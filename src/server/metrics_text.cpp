@@ -74,6 +74,7 @@ std::string render_metrics(const EngineMetrics& m, const HttpCounts& http) {
   for (const Scalar& s : scalars) render(s);
   out += render_histogram("mixtral_time_to_first_token_seconds", "Time from submission to the first generated token.", m.ttft);
   out += render_histogram("mixtral_inter_token_latency_seconds", "Time between consecutive tokens of a request.", m.itl);
+  out += render_histogram("mixtral_step_seconds", "Duration of each forward step (all running sequences together).", m.step);
 
   header(out, "mixtral_expert_tokens_total", "counter", "Tokens routed to each expert of each MoE layer (each of top-k).");
   for (size_t l = 0; l < m.expert_tokens.size(); ++l)
