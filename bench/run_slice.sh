@@ -4,7 +4,8 @@
 # Makes the real-shape 2-layer Mixtral slice with ../shared/fixtures/gen_mixtral.py (BF16 HF,
 # 6.3 GB; ~5 min), converts it with `mixtral quantize` (F16, Q8_0, Q4_0, Q4_K_M), then runs
 # `mixtral bench` on each with the weights read into memory (--no-mmap: this VM evicts mapped
-# pages left idle for ~60 s) and the machine's read bandwidth measured in the same run.
+# pages left idle for ~60 s) and the machine's read bandwidth measured beside each model (it
+# swings by 1.5x within minutes on this VM, so every ratio uses its own probe).
 set -euo pipefail
 BUILD=${1:-build}
 W=${2:-/tmp/mixtral-slice}
@@ -22,5 +23,5 @@ echo "## BF16 (HF safetensors)"
 "$BIN" bench -m "$W/hf/slice" -p $P -n $N -t $T -r $R --no-mmap --measure-limits
 for t in f16 q8_0 q4_0 q4_k_m; do
   echo "## $t"
-  "$BIN" bench -m "$W/gguf/slice-$t.gguf" -p $P -n $N -t $T -r $R --no-mmap
+  "$BIN" bench -m "$W/gguf/slice-$t.gguf" -p $P -n $N -t $T -r $R --no-mmap --measure-limits
 done
