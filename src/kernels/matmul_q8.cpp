@@ -14,14 +14,9 @@
 //                I[16 rows] = exact int sums (vpdpbusd with the token's 4 quants broadcast; AVX2:
 //                vpmaddubsw + vpmaddwd), then acc[16 rows] = fma(float(I), dw * dx, acc)
 //      The accumulators of a row group live in memory between chunks (acc[token][16]).
-//   2'. decode and small batches (at most 8 tokens on AVX-512, 4 on AVX2; Q8_0, Q4_0, Q4_K): no
-//      packing (which costs the same whatever the token count). Per thread, per group of 16
-//      rows, the accumulators stay in registers while the group's blocks are walked
-//      in order straight from W: the same loaders that feed the packers build each block's
-//      transposed quants in registers (only a Q4_K super-block's scales go through a small
-//      buffer; Q8_0 / Q4_0 gather their 16 d's), and the same per-block step as the
-//      micro-kernels (vnni_block / avx2_block) adds the block. While a group runs, the next
-//      group (16 contiguous rows) is prefetched into L2 in step with it.
+//   2'. decode and small batches (at most kDecodeMaxTokens tokens; 4 on AVX2): no packing (which
+//      costs the same whatever the token count), the weights read in place by the kernels of
+//      matmul_q8_decode.cpp, block by block in the same order.
 // Lanes are rows, so every output is one sequential chain over its blocks: the same whatever the
 // ISA, the tile shape, the thread count or the number of tokens. The unsigned-times-signed byte
 // products take the weights as the unsigned side: Q4_0 / Q4_K / Q6_K store unsigned quants (the
@@ -54,14 +49,16 @@
 #include "core/fp16.h"
 #include "kernels/dequant.h"
 #include "kernels/kernel_util.h"
+#include "kernels/matmul_q8_blocks.h"
 #include "quant/blocks.h"
 
 namespace mixtral {
 namespace {
 
+using namespace q8;
+
 // Measured on Zen 5 (2 threads): chunks of 8 prefetched 3 ahead stream decode's weights at
 // 60-90 % of the read bandwidth; 16 or 32 per chunk (bigger prefetch bursts) gave 40-60 %.
-constexpr int kRows = 16;                // rows per group (the lanes of one accumulator)
 constexpr int64_t kChunk = 8;            // 32-column blocks per packed chunk (a K-quant super-block)
 constexpr int64_t kPrefetchChunks = 3;   // how far ahead the weights are prefetched
 constexpr int64_t kTokenBlock = 64;      // tokens whose activations one pass over the weights uses
@@ -70,11 +67,6 @@ inline float half_at(const uint16_t& h) {
   uint16_t v;
   std::memcpy(&v, &h, 2);
   return f16_to_f32(v);
-}
-inline int32_t dword_at(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
 }
 
 // ================================ activations ===================================================
@@ -100,100 +92,15 @@ void quantize_block(const float* x, XBlock* out) {
 }
 
 // ================================ packed weights ================================================
-
-// 16 rows × one 32-column block, as the micro-kernels read it.
-struct Packed {
-  uint8_t q[8][kRows][4];  // [k][r]: quants 4k..4k+3 of row r, unsigned (see the plan above)
-  float s0[kRows];         // Q4_K: dw = d * sc
-  float s1[kRows];         // Q4_K: -(dmin * m)
-  int32_t i0[kRows];       // Q6_K: scale of values 0..15
-  int32_t i1[kRows];       // Q6_K: scale of values 16..31
-  uint16_t d16[kRows];     // Q8_0, Q4_0, Q6_K: dw = d, still fp16 (the kernel widens 16 at once)
-  uint16_t pad[kRows];
-};
-static_assert(sizeof(Packed) == 832, "Packed is 832 bytes (13 cache lines)");
+// (Packed, the loaders and the transposes: matmul_q8_blocks.h)
 
 // Packs blocks [b0, b0 + nb) of 16 rows (rows[r] = start of row r). AVX2, used at every level:
 // the packed bytes are the same however they are computed.
 using PackFn = void (*)(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out);
 
-inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline __m256i load2x128(const uint8_t* lo, const uint8_t* hi) {
-  return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(hi), reinterpret_cast<const __m128i*>(lo));
-}
 // out->q[k][8h .. 8h+8) = v[k]
 inline void store_rows8(Packed* out, int k, int h, __m256i v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
-}
-
-// 8 rows of 8 dwords -> v[k] = dword k of the 8 rows. (The transposes are forced inline: called
-// out of line, their arrays go through memory, which cost the Q6_K packer ~15 %.)
-[[gnu::always_inline]] inline void transpose8x8(__m256i v[8]) {
-  __m256i a[8], b[8];
-  for (int i = 0; i < 4; ++i) {
-    a[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-    a[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    b[4 * i + 0] = _mm256_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
-    b[4 * i + 1] = _mm256_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
-    b[4 * i + 2] = _mm256_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-    b[4 * i + 3] = _mm256_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-  }
-  for (int k = 0; k < 4; ++k) {
-    v[k] = _mm256_permute2x128_si256(b[k], b[4 + k], 0x20);
-    v[k + 4] = _mm256_permute2x128_si256(b[k], b[4 + k], 0x31);
-  }
-}
-
-// 4 registers, lane 0 = row g, lane 1 = row 4 + g -> r[k] = dword k of rows 0..7.
-[[gnu::always_inline]] inline void transpose4x4_lanes(__m256i z[4]) {
-  const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
-  const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
-  z[0] = _mm256_unpacklo_epi64(t0, t2);
-  z[1] = _mm256_unpackhi_epi64(t0, t2);
-  z[2] = _mm256_unpacklo_epi64(t1, t3);
-  z[3] = _mm256_unpackhi_epi64(t1, t3);
-}
-
-// ---- scales (AVX2 at every level) ----
-
-// The fp16 d at byte offset off of each row.
-inline void gather_d16(const uint8_t* const* rows, size_t off, uint16_t* d16) {
-  for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off, 2);
-}
-
-// Q4_K scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
-// transposed so that lane r holds row r's bytes 4c..4c+3 in z[c]; then q4k_scale_min lane-wise.
-void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
-  alignas(32) uint16_t d16[kRows], dmin16[kRows];
-  gather_d16(rows, off, d16);
-  gather_d16(rows, off + 2, dmin16);
-  for (int h = 0; h < 2; ++h) {
-    const uint8_t* const* rr = rows + 8 * h;
-    __m256i z[4];
-    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off, rr[4 + g] + off);
-    transpose4x4_lanes(z);
-    const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
-    const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
-    const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
-    for (int s = 0; s < 8; ++s) {
-      __m256i sc, m;
-      if (s < 4) {
-        sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
-        m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
-      } else {
-        const int j = s - 4;
-        sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
-                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
-        m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
-                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
-      }
-      _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
-      _mm256_storeu_ps(out[s].s1 + 8 * h,
-                       _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
-    }
-  }
 }
 
 // Q6_K: the 16 int8 scales of each row transposed as for Q4_K, sign-extended lane-wise; d fp16.
@@ -249,36 +156,12 @@ void q6_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
       q6_K_scales(rows, off, out);                                                             \
     }                                                                                          \
   }
-
-// ---- quants, AVX2: 8 rows at a time ----
+// ---- packers, AVX2: 8 rows at a time ----
 // q8_0 / q4_0: one block at byte offset off of every row; q4_K / q6_K: the super-block at off
 // into out[0..8).
 
-struct Avx2Quants {
+struct Avx2Quants : Avx2Loaders {
   MIXTRAL_Q8_PACKERS
-  // The loaders: w[k] = dword k of rows 8h .. 8h+8's block at byte offset off, as Packed::q
-  // holds it (the packers store them; the decode kernels use them in place).
-  static void w_q8_0(const uint8_t* const* rows, size_t off, int h, __m256i w[8]) {
-    for (int i = 0; i < 8; ++i) w[i] = load256(rows[8 * h + i] + off + 2);
-    transpose8x8(w);
-    for (int k = 0; k < 8; ++k) w[k] = _mm256_xor_si256(w[k], _mm256_set1_epi8(char(0x80)));  // w + 128
-  }
-  static void w_q4_0(const uint8_t* const* rows, size_t off, int h, __m256i w[8]) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const uint8_t* const* rr = rows + 8 * h;
-    __m256i z[4];
-    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off + 2, rr[4 + g] + off + 2);
-    transpose4x4_lanes(z);
-    for (int k = 0; k < 4; ++k) {
-      w[k] = _mm256_and_si256(z[k], m4);                              // 4k..
-      w[k + 4] = _mm256_and_si256(_mm256_srli_epi16(z[k], 4), m4);  // 16+4k..
-    }
-  }
-  // Q4_K super-block at off, group g: v[k] = dword k of qs[32g .. 32g+32) of rows 8h .. 8h+8.
-  static void v_q4_K(const uint8_t* const* rows, size_t off, int g, int h, __m256i v[8]) {
-    for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + offsetof(BlockQ4_K, qs) + 32 * g);
-    transpose8x8(v);
-  }
   static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
     for (int h = 0; h < 2; ++h) {
       __m256i w[8];
@@ -338,7 +221,7 @@ struct Avx2Quants {
   }
 };
 
-// ---- quants, AVX-512: 16 rows at a time, the same bytes ----
+// ---- packers, AVX-512: 16 rows at a time, the same bytes ----
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma")
@@ -346,75 +229,10 @@ struct Avx2Quants {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
-inline __m512i load_2x256(const uint8_t* lo, const uint8_t* hi) {
-  return _mm512_inserti64x4(_mm512_zextsi256_si512(load256(lo)), load256(hi), 1);
-}
-inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline void store_rows16(Packed* out, int k, __m512i v) { _mm512_store_si512(&out->q[k][0][0], v); }
 
-// v[i] = [row i | row i + 8], 8 dwords each -> v[k] = dword k of rows 0..15 (transpose8x8 in
-// each 256-bit half, then the halves' 128-bit lanes put in row order).
-[[gnu::always_inline]] inline void transpose16x8(__m512i v[8]) {
-  __m512i a[8], b[8];
-  for (int i = 0; i < 4; ++i) {
-    a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-    a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
-    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
-    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-  }
-  const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-  for (int k = 0; k < 4; ++k) {
-    v[k] = _mm512_permutex2var_epi64(b[k], lo, b[4 + k]);
-    v[k + 4] = _mm512_permutex2var_epi64(b[k], hi, b[4 + k]);
-  }
-}
-
-struct Avx512Quants {
+struct Avx512Quants : Avx512Loaders {
   MIXTRAL_Q8_PACKERS
-  // The loaders: w[k] = dword k of the 16 rows' block at byte offset off, as Packed::q holds it
-  // (the packers store them; the decode kernels use them in place).
-  static void w_q8_0(const uint8_t* const* rows, size_t off, __m512i w[8]) {
-    for (int i = 0; i < 8; ++i) w[i] = load_2x256(rows[i] + off + 2, rows[i + 8] + off + 2);
-    transpose16x8(w);
-    for (int k = 0; k < 8; ++k) w[k] = _mm512_xor_si512(w[k], _mm512_set1_epi8(char(0x80)));
-  }
-  static void w_q4_0(const uint8_t* const* rows, size_t off, __m512i w[8]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i z[4];  // 128-bit lane i of z[g] = row 4i + g
-    for (int g = 0; g < 4; ++g) {
-      z[g] = _mm512_zextsi128_si512(load128(rows[g] + off + 2));
-      z[g] = _mm512_inserti32x4(z[g], load128(rows[4 + g] + off + 2), 1);
-      z[g] = _mm512_inserti32x4(z[g], load128(rows[8 + g] + off + 2), 2);
-      z[g] = _mm512_inserti32x4(z[g], load128(rows[12 + g] + off + 2), 3);
-    }
-    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
-    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
-    const __m512i r[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
-                          _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
-    for (int k = 0; k < 4; ++k) {
-      w[k] = _mm512_and_si512(r[k], m4);
-      w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4);
-    }
-  }
-  // Q4_K super-block at off, group g: v[k] = dword k of qs[32g .. 32g+32) of the 16 rows (low
-  // nibbles: sub-block 2g, high: 2g+1).
-  static void v_q4_K(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
-    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
-    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
-    transpose16x8(v);
-  }
-  // v_q4_K for the decode loop with the transpose out of line: inlined there, GCC 12's register
-  // allocation made 1-token Q4_K decode ~15-35 % slower (measured).
-  [[gnu::noinline]] static void transpose16x8_outline(__m512i v[8]) { transpose16x8(v); }
-  static void v_q4_K_outline(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
-    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
-    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
-    transpose16x8_outline(v);
-  }
   static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
     __m512i w[8];
     w_q8_0(rows, off, w);
@@ -464,57 +282,13 @@ struct Avx512Quants {
 
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
-
-// ================================ decode: shared =================================================
-
-using DecodeFn = void (*)(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1);
-// Up to 8 tokens the in-place kernels beat the packed path (bench_matmul, Q8_0 up shape, 2
-// threads, Zen 5: 5 tokens 457 -> 647 GFLOP/s, 8 tokens 629 -> 870; the packed path gave 866 at
-// 16 tokens). The server's 16-stream step gives most experts 2-8 tokens. AVX2 keeps 4: its 16
-// registers hold no more accumulators.
-constexpr int kDecodeMaxTokens = 8;
-constexpr int kAvx2DecodeMaxTokens = 4;
-
-// A group reads its 16 rows in short bursts, which the hardware prefetchers do not follow. The
-// rows are contiguous, so the next group is one contiguous run of 16 row lengths: each step that
-// advances the rows by `step` bytes from `off` prefetches the next 16·step bytes of that run into
-// L2 (prefetcht1), so the next group is in L2 when it starts. Measured on Zen 5 (2 threads, decode):
-// 67-73 GB/s for Q8_0 / Q4_K; prefetching each row 256-1024 bytes ahead into L1 gave 57-69.
-// (asm: GCC deletes a call to a function whose only effects are __builtin_prefetch.)
-inline void prefetch_next_group(const uint8_t* row0, size_t rb, size_t off, size_t step) {
-  const uint8_t* next = row0 + kRows * rb;
-  for (size_t o = (kRows * off) & ~size_t(63); o < kRows * (off + step); o += 64)
-    asm volatile("prefetcht1 (%0)" : : "r"(next + o));
-}
-
 // ================================ micro-kernels =================================================
 // Kernel<NT>: for the nb packed blocks and NT tokens: acc[t][16] (in memory) continues the
 // contract's chain with blocks b0 .. b0+nb. xb: the group's first token's XBlock of block b0;
 // block j of token t is at xb[j * x_stride + t].
 using MicroKernel = void (*)(const Packed* pw, int64_t nb, const XBlock* xb, int64_t x_stride, float* acc);
 
-// What differs between dtypes: the integer offset folded into I, how the two halves of I
-// combine, and the min term.
-struct Q8_0Policy {  // AVX-512 path stores w + 128
-  static int32_t corr_lo(const XBlock& x) { return -128 * x.sum; }
-  static int32_t corr_hi(const XBlock&) { return 0; }
-  static constexpr bool kSigned = true, kHalves = false, kMin = false, kHalfScale = true;
-};
-struct Q4_0Policy {
-  static int32_t corr_lo(const XBlock& x) { return -8 * x.sum; }
-  static int32_t corr_hi(const XBlock&) { return 0; }
-  static constexpr bool kSigned = false, kHalves = false, kMin = false, kHalfScale = true;
-};
-struct Q4_KPolicy {
-  static int32_t corr_lo(const XBlock&) { return 0; }
-  static int32_t corr_hi(const XBlock&) { return 0; }
-  static constexpr bool kSigned = false, kHalves = false, kMin = true, kHalfScale = false;
-};
-struct Q6_KPolicy {
-  static int32_t corr_lo(const XBlock& x) { return -32 * x.sum_lo; }
-  static int32_t corr_hi(const XBlock& x) { return -32 * (x.sum - x.sum_lo); }
-  static constexpr bool kSigned = false, kHalves = true, kMin = false, kHalfScale = true;
-};
+// (the policies and the per-block steps vnni_block / avx2_block: matmul_q8_blocks.h)
 
 // ---- AVX-512 VNNI: one zmm = 16 rows ----
 
@@ -523,32 +297,6 @@ struct Q6_KPolicy {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
 #pragma GCC diagnostic ignored "-Wuninitialized"
-
-// One 32-column block of the contract for NT tokens, 16 rows in lanes: w as Packed::q holds it,
-// s0 = the rows' dw (dx not yet applied), s1 = Q4_K's -(dmin * m), i0 / i1 = Q6_K's half
-// scales; x[t] = token t's XBlock of this block.
-template <class P, int NT>
-inline void vnni_block(const __m512i w[8], __m512 s0, __m512 s1, __m512i i0, __m512i i1,
-                       const XBlock* x, __m512 f[]) {
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) {
-    const XBlock& xt = x[t];
-    __m512i lo = _mm512_set1_epi32(P::corr_lo(xt)), hi = _mm512_set1_epi32(P::corr_hi(xt));
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) {
-      lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_set1_epi32(dword_at(xt.qs + 4 * k)));
-      hi = _mm512_dpbusd_epi32(hi, w[k + 4], _mm512_set1_epi32(dword_at(xt.qs + 16 + 4 * k)));
-    }
-    __m512i I;
-    if constexpr (P::kHalves)
-      I = _mm512_add_epi32(_mm512_mullo_epi32(lo, i0), _mm512_mullo_epi32(hi, i1));
-    else
-      I = _mm512_add_epi32(lo, hi);
-    f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(s0, _mm512_set1_ps(xt.d)), f[t]);
-    if constexpr (P::kMin) f[t] = _mm512_fmadd_ps(s1, _mm512_set1_ps(xt.dsum), f[t]);
-  }
-}
-
 template <class P, int NT>
 struct Vnni512 {
   static void run(const Packed* pw, int64_t nb, const XBlock* xb, int64_t xs, float* acc) {
@@ -587,111 +335,10 @@ struct Vnni512 {
   }
 };
 
-template <class P, int NT>
-struct Vnni512Decode {
-  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
-    const int64_t N = W.rows, nb = W.cols / 32;
-    const size_t rb = W.row_bytes();
-    const __m512i m4 = _mm512_set1_epi8(0x0F), zi = _mm512_setzero_si512();
-    const __m512 zf = _mm512_setzero_ps();
-    for (int64_t g = r0; g < r1; g += kRows) {
-      const int nr = int(std::min<int64_t>(kRows, r1 - g));
-      const uint8_t* rows[kRows];
-      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min(r, nr - 1));
-      __m512 f[NT];
-#pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) f[t] = zf;
-      if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
-        constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
-        constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-        // byte offsets of the 16 rows from row 0, for gathering the d's
-        const __m512i idx = _mm512_mullo_epi32(
-            _mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                             _mm512_set1_epi32(nr - 1)),
-            _mm512_set1_epi32(int(rb)));
-        for (int64_t j = 0; j < nb; ++j) {
-          const size_t off = size_t(j) * bytes;
-          prefetch_next_group(rows[0], rb, off, bytes);
-          __m512i w[8];
-          if constexpr (q8) Avx512Quants::w_q8_0(rows, off, w);
-          else Avx512Quants::w_q4_0(rows, off, w);
-          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, rows[0] + off, 1)));
-          vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
-        }
-      } else {  // Q4_K
-        for (int64_t j = 0; j < nb; j += 8) {
-          const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
-          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
-          alignas(64) Packed sc[8];
-          q4_K_scales(rows, off, sc);
-          for (int gq = 0; gq < 4; ++gq) {
-            __m512i v[8], w[8];
-            Avx512Quants::v_q4_K_outline(rows, off, gq, v);
-            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
-            const Packed& a = sc[2 * gq];
-            vnni_block<P, NT>(w, _mm512_load_ps(a.s0), _mm512_load_ps(a.s1), zi, zi, xb + (j + 2 * gq) * NT, f);
-            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
-            const Packed& b = sc[2 * gq + 1];
-            vnni_block<P, NT>(w, _mm512_load_ps(b.s0), _mm512_load_ps(b.s1), zi, zi, xb + (j + 2 * gq + 1) * NT, f);
-          }
-        }
-      }
-      const __mmask16 m = __mmask16((1u << nr) - 1);
-#pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * N + g, m, f[t]);
-    }
-  }
-};
-
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 
 // ---- AVX2: two ymm (rows 0-7, 8-15) ----
-
-// Exact sums of 4 products per int32 lane: vpmaddubsw (u8 × s8 pairs, exact for these ranges)
-// then vpmaddwd with ones.
-inline __m256i dot4(__m256i u, __m256i s) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-}
-
-// One 32-column block of the contract for NT tokens, rows 8h .. 8h+8 in lanes (f[t][h]); the
-// arguments as vnni_block's.
-template <class P, int NT>
-inline void avx2_block(const __m256i w_in[8], __m256 s0, __m256 s1, __m256i i0, __m256i i1,
-                       const XBlock* x, __m256 (*f)[2], int h) {
-  __m256i w[8];
-  for (int k = 0; k < 8; ++k) {
-    w[k] = w_in[k];
-    if constexpr (P::kSigned) w[k] = _mm256_xor_si256(w[k], _mm256_set1_epi8(char(0x80)));  // back to signed w
-  }
-  for (int t = 0; t < NT; ++t) {
-    const XBlock& xt = x[t];
-    __m256i lo, hi;
-    if constexpr (P::kSigned) {  // |w| · (sign(w) x): no offset, so no correction
-      lo = hi = _mm256_setzero_si256();
-      for (int k = 0; k < 4; ++k) {
-        const __m256i xl = _mm256_set1_epi32(dword_at(xt.qs + 4 * k));
-        const __m256i xh = _mm256_set1_epi32(dword_at(xt.qs + 16 + 4 * k));
-        lo = _mm256_add_epi32(lo, dot4(_mm256_abs_epi8(w[k]), _mm256_sign_epi8(xl, w[k])));
-        hi = _mm256_add_epi32(hi, dot4(_mm256_abs_epi8(w[k + 4]), _mm256_sign_epi8(xh, w[k + 4])));
-      }
-    } else {
-      lo = _mm256_set1_epi32(P::corr_lo(xt));
-      hi = _mm256_set1_epi32(P::corr_hi(xt));
-      for (int k = 0; k < 4; ++k) {
-        lo = _mm256_add_epi32(lo, dot4(w[k], _mm256_set1_epi32(dword_at(xt.qs + 4 * k))));
-        hi = _mm256_add_epi32(hi, dot4(w[k + 4], _mm256_set1_epi32(dword_at(xt.qs + 16 + 4 * k))));
-      }
-    }
-    __m256i I;
-    if constexpr (P::kHalves)
-      I = _mm256_add_epi32(_mm256_mullo_epi32(lo, i0), _mm256_mullo_epi32(hi, i1));
-    else
-      I = _mm256_add_epi32(lo, hi);
-    f[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(s0, _mm256_set1_ps(xt.d)), f[t][h]);
-    if constexpr (P::kMin) f[t][h] = _mm256_fmadd_ps(s1, _mm256_set1_ps(xt.dsum), f[t][h]);
-  }
-}
 
 template <class P, int NT>
 struct Avx2 {
@@ -716,68 +363,6 @@ struct Avx2 {
       for (int h = 0; h < 2; ++h) _mm256_storeu_ps(acc + t * kRows + 8 * h, f[t][h]);
   }
 };
-
-// Decode on AVX2: as Vnni512Decode, each block as two halves of 8 rows.
-template <class P, int NT>
-struct Avx2Decode {
-  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
-    const int64_t N = W.rows, nb = W.cols / 32;
-    const size_t rb = W.row_bytes();
-    const __m256i m4 = _mm256_set1_epi8(0x0F), zi = _mm256_setzero_si256();
-    const __m256 zf = _mm256_setzero_ps();
-    for (int64_t g = r0; g < r1; g += kRows) {
-      const int nr = int(std::min<int64_t>(kRows, r1 - g));
-      const uint8_t* rows[kRows];
-      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min(r, nr - 1));
-      __m256 f[NT][2];
-      for (int t = 0; t < NT; ++t) f[t][0] = f[t][1] = zf;
-      if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
-        constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
-        constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-        for (int64_t j = 0; j < nb; ++j) {
-          const size_t off = size_t(j) * bytes;
-          prefetch_next_group(rows[0], rb, off, bytes);
-          alignas(32) uint16_t d16[kRows];
-          gather_d16(rows, off, d16);
-          for (int h = 0; h < 2; ++h) {
-            __m256i w[8];
-            if constexpr (q8) Avx2Quants::w_q8_0(rows, off, h, w);
-            else Avx2Quants::w_q4_0(rows, off, h, w);
-            const __m256 s0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
-            avx2_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f, h);
-          }
-        }
-      } else {  // Q4_K
-        for (int64_t j = 0; j < nb; j += 8) {
-          const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
-          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
-          alignas(64) Packed sc[8];
-          q4_K_scales(rows, off, sc);
-          for (int gq = 0; gq < 4; ++gq)
-            for (int h = 0; h < 2; ++h) {
-              __m256i v[8], w[8];
-              Avx2Quants::v_q4_K(rows, off, gq, h, v);
-              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(v[k], m4);
-              const Packed& a = sc[2 * gq];
-              avx2_block<P, NT>(w, _mm256_load_ps(a.s0 + 8 * h), _mm256_load_ps(a.s1 + 8 * h), zi, zi,
-                                xb + (j + 2 * gq) * NT, f, h);
-              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);
-              const Packed& b = sc[2 * gq + 1];
-              avx2_block<P, NT>(w, _mm256_load_ps(b.s0 + 8 * h), _mm256_load_ps(b.s1 + 8 * h), zi, zi,
-                                xb + (j + 2 * gq + 1) * NT, f, h);
-            }
-        }
-      }
-      for (int t = 0; t < NT; ++t) {
-        float out[kRows];
-        _mm256_storeu_ps(out, f[t][0]);
-        _mm256_storeu_ps(out + 8, f[t][1]);
-        std::memcpy(y + t * N + g, out, sizeof(float) * size_t(nr));
-      }
-    }
-  }
-};
-
 // ================================ kernel tables =================================================
 
 constexpr int kMaxTg = 8;
@@ -785,21 +370,11 @@ struct Q8Kernels {
   int tg;                        // tokens per micro-kernel call
   PackFn pack;
   MicroKernel kernel[kMaxTg];    // [NT - 1]
-  DecodeFn decode[kDecodeMaxTokens];  // [NT - 1]; null: the packed path (Q6_K; AVX2 past 4 tokens)
 };
 
-// Q6_K has no decode kernel: its blocks built in registers spill, and through the packer in the
-// decode loop it measured 3-5 % slower than the packed path.
-template <template <class, int> class D, class P, int NT>
-DecodeFn decode_fn() {
-  if constexpr (std::is_same_v<P, Q6_KPolicy>) return nullptr;
-  else if constexpr (NT > kAvx2DecodeMaxTokens && std::is_same_v<D<P, NT>, Avx2Decode<P, NT>>) return nullptr;
-  else return &D<P, NT>::run;
-}
-
-template <template <class, int> class K, template <class, int> class D, class P, int... NT, int... DT>
-Q8Kernels make_kernels(PackFn pack, std::integer_sequence<int, NT...>, std::integer_sequence<int, DT...>) {
-  return Q8Kernels{int(sizeof...(NT)), pack, {&K<P, NT + 1>::run...}, {decode_fn<D, P, DT + 1>()...}};
+template <template <class, int> class K, class P, int... NT>
+Q8Kernels make_kernels(PackFn pack, std::integer_sequence<int, NT...>) {
+  return Q8Kernels{int(sizeof...(NT)), pack, {&K<P, NT + 1>::run...}};
 }
 
 enum Q8Type { kQ8_0, kQ4_0, kQ4_K, kQ6_K, kNumQ8Types };
@@ -813,17 +388,16 @@ int q8_type(DType t) {
   }
 }
 
-template <template <class, int> class K, template <class, int> class D, class Q, int TG>
+template <template <class, int> class K, class Q, int TG>
 std::vector<Q8Kernels> make_table() {
   const auto nt = std::make_integer_sequence<int, TG>{};
-  const auto dt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
-  return {make_kernels<K, D, Q8_0Policy>(Q::pack_q8_0, nt, dt), make_kernels<K, D, Q4_0Policy>(Q::pack_q4_0, nt, dt),
-          make_kernels<K, D, Q4_KPolicy>(Q::pack_q4_K, nt, dt), make_kernels<K, D, Q6_KPolicy>(Q::pack_q6_K, nt, dt)};
+  return {make_kernels<K, Q8_0Policy>(Q::pack_q8_0, nt), make_kernels<K, Q4_0Policy>(Q::pack_q4_0, nt),
+          make_kernels<K, Q4_KPolicy>(Q::pack_q4_K, nt), make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, nt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
-const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Vnni512Decode, Avx512Quants, 8>();
-const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Decode, Avx2Quants, 4>();
+const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Avx512Quants, 8>();
+const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Quants, 4>();
 
 bool has_avx512_vnni() {
   static const bool yes = [] {
@@ -833,10 +407,9 @@ bool has_avx512_vnni() {
   return yes;
 }
 
-const Q8Kernels& kernels_for(DType t) {
-  const bool vnni = simd_level() >= SimdLevel::AVX512 && has_avx512_vnni();
-  return (vnni ? kVnni512 : kAvx2)[size_t(q8_type(t))];
-}
+bool use_vnni() { return simd_level() >= SimdLevel::AVX512 && has_avx512_vnni(); }
+
+const Q8Kernels& kernels_for(DType t) { return (use_vnni() ? kVnni512 : kAvx2)[size_t(q8_type(t))]; }
 
 // ================================ driver ========================================================
 
@@ -948,12 +521,11 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y, Thre
   thread_local Scratch<XBlock> x_scratch;  // the calling thread's; the workers only read it
   XBlock* xb = x_scratch.get(size_t(n_tokens * (W.cols / 32)));
   quantize_activations(x, n_tokens, W.cols, xb);
-  const Q8Kernels& ks = kernels_for(W.dtype);
-  if (n_tokens <= kDecodeMaxTokens && ks.decode[n_tokens - 1]) {
-    const DecodeFn decode = ks.decode[n_tokens - 1];
+  if (const DecodeFn decode = n_tokens <= kDecodeMaxTokens ? decode_kernel(W.dtype, int(n_tokens), use_vnni()) : nullptr) {
     pool.parallel_for(W.rows, [&](int64_t r0, int64_t r1) { decode(W, xb, y, r0, r1); }, kRows);
     return;
   }
+  const Q8Kernels& ks = kernels_for(W.dtype);
   pool.parallel_for(
       W.rows, [&](int64_t r0, int64_t r1) { matmul_q8_rows(W, xb, n_tokens, y, r0, r1, ks); }, kRows);
 }

@@ -1,0 +1,360 @@
+// Internal to src/kernels: what the int8-activation paths of matmul_q8.cpp (packed) and
+// matmul_q8_decode.cpp (decode, weights read in place) share: the 16-row groups, the loaders that
+// build a block's transposed quants in registers, the dtype policies and the per-block steps
+// (vnni_block / avx2_block). The plan and the contract are in matmul_q8.cpp / matmul_q8.h.
+// Includers turn floating-point contraction off before including this (the contract rounds
+// dw * dx before its FMA).
+#pragma once
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "core/tensor.h"
+#include "kernels/matmul_q8.h"
+#include "quant/blocks.h"
+
+namespace mixtral::q8 {
+
+constexpr int kRows = 16;                // rows per group (the lanes of one accumulator)
+
+inline int32_t dword_at(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// ================================ packed weights ================================================
+
+// 16 rows × one 32-column block, as the micro-kernels read it.
+struct Packed {
+  uint8_t q[8][kRows][4];  // [k][r]: quants 4k..4k+3 of row r, unsigned (see matmul_q8.cpp's plan)
+  float s0[kRows];         // Q4_K: dw = d * sc
+  float s1[kRows];         // Q4_K: -(dmin * m)
+  int32_t i0[kRows];       // Q6_K: scale of values 0..15
+  int32_t i1[kRows];       // Q6_K: scale of values 16..31
+  uint16_t d16[kRows];     // Q8_0, Q4_0, Q6_K: dw = d, still fp16 (the kernel widens 16 at once)
+  uint16_t pad[kRows];
+};
+static_assert(sizeof(Packed) == 832, "Packed is 832 bytes (13 cache lines)");
+
+inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline __m256i load2x128(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(hi), reinterpret_cast<const __m128i*>(lo));
+}
+
+// 8 rows of 8 dwords -> v[k] = dword k of the 8 rows. (The transposes are forced inline: called
+// out of line, their arrays go through memory, which cost the Q6_K packer ~15 %.)
+[[gnu::always_inline]] inline void transpose8x8(__m256i v[8]) {
+  __m256i a[8], b[8];
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    a[2 * i + 1] = _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    b[4 * i + 0] = _mm256_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 1] = _mm256_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 2] = _mm256_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm256_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    v[k] = _mm256_permute2x128_si256(b[k], b[4 + k], 0x20);
+    v[k + 4] = _mm256_permute2x128_si256(b[k], b[4 + k], 0x31);
+  }
+}
+
+// 4 registers, lane 0 = row g, lane 1 = row 4 + g -> r[k] = dword k of rows 0..7.
+[[gnu::always_inline]] inline void transpose4x4_lanes(__m256i z[4]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+  z[0] = _mm256_unpacklo_epi64(t0, t2);
+  z[1] = _mm256_unpackhi_epi64(t0, t2);
+  z[2] = _mm256_unpacklo_epi64(t1, t3);
+  z[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// ---- scales (AVX2 at every level) ----
+
+// The fp16 d at byte offset off of each row.
+inline void gather_d16(const uint8_t* const* rows, size_t off, uint16_t* d16) {
+  for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off, 2);
+}
+
+// Q4_K scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
+// transposed so that lane r holds row r's bytes 4c..4c+3 in z[c]; then q4k_scale_min lane-wise.
+inline void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
+  alignas(32) uint16_t d16[kRows], dmin16[kRows];
+  gather_d16(rows, off, d16);
+  gather_d16(rows, off + 2, dmin16);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off, rr[4 + g] + off);
+    transpose4x4_lanes(z);
+    const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
+    const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
+    const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
+    for (int s = 0; s < 8; ++s) {
+      __m256i sc, m;
+      if (s < 4) {
+        sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
+        m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
+      } else {
+        const int j = s - 4;
+        sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
+                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
+        m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
+                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
+      }
+      _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
+      _mm256_storeu_ps(out[s].s1 + 8 * h,
+                       _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
+    }
+  }
+}
+
+// ---- loaders, AVX2: 8 rows at a time ----
+
+struct Avx2Loaders {
+  // The loaders: w[k] = dword k of rows 8h .. 8h+8's block at byte offset off, as Packed::q
+  // holds it (the packers store them; the decode kernels use them in place).
+  static void w_q8_0(const uint8_t* const* rows, size_t off, int h, __m256i w[8]) {
+    for (int i = 0; i < 8; ++i) w[i] = load256(rows[8 * h + i] + off + 2);
+    transpose8x8(w);
+    for (int k = 0; k < 8; ++k) w[k] = _mm256_xor_si256(w[k], _mm256_set1_epi8(char(0x80)));  // w + 128
+  }
+  static void w_q4_0(const uint8_t* const* rows, size_t off, int h, __m256i w[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + off + 2, rr[4 + g] + off + 2);
+    transpose4x4_lanes(z);
+    for (int k = 0; k < 4; ++k) {
+      w[k] = _mm256_and_si256(z[k], m4);                              // 4k..
+      w[k + 4] = _mm256_and_si256(_mm256_srli_epi16(z[k], 4), m4);  // 16+4k..
+    }
+  }
+  // Q4_K super-block at off, group g: v[k] = dword k of qs[32g .. 32g+32) of rows 8h .. 8h+8.
+  static void v_q4_K(const uint8_t* const* rows, size_t off, int g, int h, __m256i v[8]) {
+    for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + offsetof(BlockQ4_K, qs) + 32 * g);
+    transpose8x8(v);
+  }
+};
+
+// ---- loaders, AVX-512: 16 rows at a time, the same bytes ----
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+inline __m512i load_2x256(const uint8_t* lo, const uint8_t* hi) {
+  return _mm512_inserti64x4(_mm512_zextsi256_si512(load256(lo)), load256(hi), 1);
+}
+inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+
+// v[i] = [row i | row i + 8], 8 dwords each -> v[k] = dword k of rows 0..15 (transpose8x8 in
+// each 256-bit half, then the halves' 128-bit lanes put in row order).
+[[gnu::always_inline]] inline void transpose16x8(__m512i v[8]) {
+  __m512i a[8], b[8];
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    b[4 * i + 0] = _mm512_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
+    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  for (int k = 0; k < 4; ++k) {
+    v[k] = _mm512_permutex2var_epi64(b[k], lo, b[4 + k]);
+    v[k + 4] = _mm512_permutex2var_epi64(b[k], hi, b[4 + k]);
+  }
+}
+
+struct Avx512Loaders {
+  // The loaders: w[k] = dword k of the 16 rows' block at byte offset off, as Packed::q holds it
+  // (the packers store them; the decode kernels use them in place).
+  static void w_q8_0(const uint8_t* const* rows, size_t off, __m512i w[8]) {
+    for (int i = 0; i < 8; ++i) w[i] = load_2x256(rows[i] + off + 2, rows[i + 8] + off + 2);
+    transpose16x8(w);
+    for (int k = 0; k < 8; ++k) w[k] = _mm512_xor_si512(w[k], _mm512_set1_epi8(char(0x80)));
+  }
+  static void w_q4_0(const uint8_t* const* rows, size_t off, __m512i w[8]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i z[4];  // 128-bit lane i of z[g] = row 4i + g
+    for (int g = 0; g < 4; ++g) {
+      z[g] = _mm512_zextsi128_si512(load128(rows[g] + off + 2));
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[4 + g] + off + 2), 1);
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[8 + g] + off + 2), 2);
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[12 + g] + off + 2), 3);
+    }
+    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    const __m512i r[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
+                          _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    for (int k = 0; k < 4; ++k) {
+      w[k] = _mm512_and_si512(r[k], m4);
+      w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4);
+    }
+  }
+  // Q4_K super-block at off, group g: v[k] = dword k of qs[32g .. 32g+32) of the 16 rows (low
+  // nibbles: sub-block 2g, high: 2g+1).
+  static void v_q4_K(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
+    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
+    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
+    transpose16x8(v);
+  }
+  // v_q4_K for the decode loop with the transpose out of line: inlined there, GCC 12's register
+  // allocation made 1-token Q4_K decode ~15-35 % slower (measured).
+  [[gnu::noinline]] static void transpose16x8_outline(__m512i v[8]) { transpose16x8(v); }
+  static void v_q4_K_outline(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
+    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
+    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
+    transpose16x8_outline(v);
+  }
+};
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+// ================================ decode: shared =================================================
+
+using DecodeFn = void (*)(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1);
+// Up to 8 tokens the in-place kernels beat the packed path (bench_matmul, Q8_0 up shape, 2
+// threads, Zen 5: 5 tokens 457 -> 647 GFLOP/s, 8 tokens 629 -> 870; the packed path gave 866 at
+// 16 tokens). The server's 16-stream step gives most experts 2-8 tokens. AVX2 keeps 4: its 16
+// registers hold no more accumulators.
+constexpr int kDecodeMaxTokens = 8;
+constexpr int kAvx2DecodeMaxTokens = 4;
+
+// A group reads its 16 rows in short bursts, which the hardware prefetchers do not follow. The
+// rows are contiguous, so the next group is one contiguous run of 16 row lengths: each step that
+// advances the rows by `step` bytes from `off` prefetches the next 16·step bytes of that run into
+// L2 (prefetcht1), so the next group is in L2 when it starts. Measured on Zen 5 (2 threads, decode):
+// 67-73 GB/s for Q8_0 / Q4_K; prefetching each row 256-1024 bytes ahead into L1 gave 57-69.
+// (asm: GCC deletes a call to a function whose only effects are __builtin_prefetch.)
+inline void prefetch_next_group(const uint8_t* row0, size_t rb, size_t off, size_t step) {
+  const uint8_t* next = row0 + kRows * rb;
+  for (size_t o = (kRows * off) & ~size_t(63); o < kRows * (off + step); o += 64)
+    asm volatile("prefetcht1 (%0)" : : "r"(next + o));
+}
+
+// ================================ per-block steps ================================================
+
+// What differs between dtypes: the integer offset folded into I, how the two halves of I
+// combine, and the min term.
+struct Q8_0Policy {  // AVX-512 path stores w + 128
+  static int32_t corr_lo(const XBlock& x) { return -128 * x.sum; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = true, kHalves = false, kMin = false, kHalfScale = true;
+};
+struct Q4_0Policy {
+  static int32_t corr_lo(const XBlock& x) { return -8 * x.sum; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = false, kHalves = false, kMin = false, kHalfScale = true;
+};
+struct Q4_KPolicy {
+  static int32_t corr_lo(const XBlock&) { return 0; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = false, kHalves = false, kMin = true, kHalfScale = false;
+};
+struct Q6_KPolicy {
+  static int32_t corr_lo(const XBlock& x) { return -32 * x.sum_lo; }
+  static int32_t corr_hi(const XBlock& x) { return -32 * (x.sum - x.sum_lo); }
+  static constexpr bool kSigned = false, kHalves = true, kMin = false, kHalfScale = true;
+};
+
+// ---- AVX-512 VNNI: one zmm = 16 rows ----
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+// One 32-column block of the contract for NT tokens, 16 rows in lanes: w as Packed::q holds it,
+// s0 = the rows' dw (dx not yet applied), s1 = Q4_K's -(dmin * m), i0 / i1 = Q6_K's half
+// scales; x[t] = token t's XBlock of this block.
+template <class P, int NT>
+inline void vnni_block(const __m512i w[8], __m512 s0, __m512 s1, __m512i i0, __m512i i1,
+                       const XBlock* x, __m512 f[]) {
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    const XBlock& xt = x[t];
+    __m512i lo = _mm512_set1_epi32(P::corr_lo(xt)), hi = _mm512_set1_epi32(P::corr_hi(xt));
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_set1_epi32(dword_at(xt.qs + 4 * k)));
+      hi = _mm512_dpbusd_epi32(hi, w[k + 4], _mm512_set1_epi32(dword_at(xt.qs + 16 + 4 * k)));
+    }
+    __m512i I;
+    if constexpr (P::kHalves)
+      I = _mm512_add_epi32(_mm512_mullo_epi32(lo, i0), _mm512_mullo_epi32(hi, i1));
+    else
+      I = _mm512_add_epi32(lo, hi);
+    f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(s0, _mm512_set1_ps(xt.d)), f[t]);
+    if constexpr (P::kMin) f[t] = _mm512_fmadd_ps(s1, _mm512_set1_ps(xt.dsum), f[t]);
+  }
+}
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+// ---- AVX2: two ymm (rows 0-7, 8-15) ----
+
+// Exact sums of 4 products per int32 lane: vpmaddubsw (u8 × s8 pairs, exact for these ranges)
+// then vpmaddwd with ones.
+inline __m256i dot4(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+// One 32-column block of the contract for NT tokens, rows 8h .. 8h+8 in lanes (f[t][h]); the
+// arguments as vnni_block's.
+template <class P, int NT>
+inline void avx2_block(const __m256i w_in[8], __m256 s0, __m256 s1, __m256i i0, __m256i i1,
+                       const XBlock* x, __m256 (*f)[2], int h) {
+  __m256i w[8];
+  for (int k = 0; k < 8; ++k) {
+    w[k] = w_in[k];
+    if constexpr (P::kSigned) w[k] = _mm256_xor_si256(w[k], _mm256_set1_epi8(char(0x80)));  // back to signed w
+  }
+  for (int t = 0; t < NT; ++t) {
+    const XBlock& xt = x[t];
+    __m256i lo, hi;
+    if constexpr (P::kSigned) {  // |w| · (sign(w) x): no offset, so no correction
+      lo = hi = _mm256_setzero_si256();
+      for (int k = 0; k < 4; ++k) {
+        const __m256i xl = _mm256_set1_epi32(dword_at(xt.qs + 4 * k));
+        const __m256i xh = _mm256_set1_epi32(dword_at(xt.qs + 16 + 4 * k));
+        lo = _mm256_add_epi32(lo, dot4(_mm256_abs_epi8(w[k]), _mm256_sign_epi8(xl, w[k])));
+        hi = _mm256_add_epi32(hi, dot4(_mm256_abs_epi8(w[k + 4]), _mm256_sign_epi8(xh, w[k + 4])));
+      }
+    } else {
+      lo = _mm256_set1_epi32(P::corr_lo(xt));
+      hi = _mm256_set1_epi32(P::corr_hi(xt));
+      for (int k = 0; k < 4; ++k) {
+        lo = _mm256_add_epi32(lo, dot4(w[k], _mm256_set1_epi32(dword_at(xt.qs + 4 * k))));
+        hi = _mm256_add_epi32(hi, dot4(w[k + 4], _mm256_set1_epi32(dword_at(xt.qs + 16 + 4 * k))));
+      }
+    }
+    __m256i I;
+    if constexpr (P::kHalves)
+      I = _mm256_add_epi32(_mm256_mullo_epi32(lo, i0), _mm256_mullo_epi32(hi, i1));
+    else
+      I = _mm256_add_epi32(lo, hi);
+    f[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(s0, _mm256_set1_ps(xt.d)), f[t][h]);
+    if constexpr (P::kMin) f[t][h] = _mm256_fmadd_ps(s1, _mm256_set1_ps(xt.dsum), f[t][h]);
+  }
+}
+
+// The decode kernel for n_tokens (1..kDecodeMaxTokens) tokens of dtype t (an
+// int8_activation_dtype) on AVX-512 VNNI (vnni) or AVX2; null where t has none (the packed path
+// serves it).
+DecodeFn decode_kernel(DType t, int n_tokens, bool vnni);
+
+}  // namespace mixtral::q8

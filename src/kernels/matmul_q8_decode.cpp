@@ -1,0 +1,200 @@
+// Decode and small batches (at most kDecodeMaxTokens tokens; AVX2: kAvx2DecodeMaxTokens) of
+// y = x·Wᵀ through int8 activations (contract in matmul_q8.h; the packed path and the shared pieces in matmul_q8.cpp / matmul_q8_blocks.h).
+//
+// No packing. Per thread, per group of 16 rows, the accumulators stay in registers while the
+// group's blocks are walked in order straight from W: the same loaders that feed the packers build
+// each block's transposed quants in registers (only a Q4_K super-block's scales go through a small
+// buffer; Q8_0 / Q4_0 gather their 16 d's), and the same per-block step as the micro-kernels
+// (vnni_block / avx2_block) adds the block. While a group runs, the next group (16 contiguous
+// rows) is prefetched into L2 in step with it. Each output is the same chain of blocks as in the
+// packed path, so the bits are the same.
+//
+// No fused multiply-add contraction in this file: dw * dx is rounded before its FMA.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include "kernels/matmul_q8_blocks.h"
+
+namespace mixtral::q8 {
+namespace {
+
+// ---- AVX-512 VNNI: one zmm = 16 rows ----
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+template <class P, int NT>
+struct Vnni512Decode {
+  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    const int64_t N = W.rows, nb = W.cols / 32;
+    const size_t rb = W.row_bytes();
+    const __m512i m4 = _mm512_set1_epi8(0x0F), zi = _mm512_setzero_si512();
+    const __m512 zf = _mm512_setzero_ps();
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, r1 - g));
+      const uint8_t* rows[kRows];
+      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min(r, nr - 1));
+      __m512 f[NT];
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) f[t] = zf;
+      if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
+        constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
+        constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+        // byte offsets of the 16 rows from row 0, for gathering the d's
+        const __m512i idx = _mm512_mullo_epi32(
+            _mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                             _mm512_set1_epi32(nr - 1)),
+            _mm512_set1_epi32(int(rb)));
+        for (int64_t j = 0; j < nb; ++j) {
+          const size_t off = size_t(j) * bytes;
+          prefetch_next_group(rows[0], rb, off, bytes);
+          __m512i w[8];
+          if constexpr (q8) Avx512Loaders::w_q8_0(rows, off, w);
+          else Avx512Loaders::w_q4_0(rows, off, w);
+          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, rows[0] + off, 1)));
+          vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
+        }
+      } else {  // Q4_K
+        for (int64_t j = 0; j < nb; j += 8) {
+          const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
+          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
+          alignas(64) Packed sc[8];
+          q4_K_scales(rows, off, sc);
+          for (int gq = 0; gq < 4; ++gq) {
+            __m512i v[8], w[8];
+            Avx512Loaders::v_q4_K_outline(rows, off, gq, v);
+            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
+            const Packed& a = sc[2 * gq];
+            vnni_block<P, NT>(w, _mm512_load_ps(a.s0), _mm512_load_ps(a.s1), zi, zi, xb + (j + 2 * gq) * NT, f);
+            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
+            const Packed& b = sc[2 * gq + 1];
+            vnni_block<P, NT>(w, _mm512_load_ps(b.s0), _mm512_load_ps(b.s1), zi, zi, xb + (j + 2 * gq + 1) * NT, f);
+          }
+        }
+      }
+      const __mmask16 m = __mmask16((1u << nr) - 1);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * N + g, m, f[t]);
+    }
+  }
+};
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+// ---- AVX2: two ymm (rows 0-7, 8-15) ----
+
+// Decode on AVX2: as Vnni512Decode, each block as two halves of 8 rows.
+template <class P, int NT>
+struct Avx2Decode {
+  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    const int64_t N = W.rows, nb = W.cols / 32;
+    const size_t rb = W.row_bytes();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), zi = _mm256_setzero_si256();
+    const __m256 zf = _mm256_setzero_ps();
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, r1 - g));
+      const uint8_t* rows[kRows];
+      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min(r, nr - 1));
+      __m256 f[NT][2];
+      for (int t = 0; t < NT; ++t) f[t][0] = f[t][1] = zf;
+      if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
+        constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
+        constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+        for (int64_t j = 0; j < nb; ++j) {
+          const size_t off = size_t(j) * bytes;
+          prefetch_next_group(rows[0], rb, off, bytes);
+          alignas(32) uint16_t d16[kRows];
+          gather_d16(rows, off, d16);
+          for (int h = 0; h < 2; ++h) {
+            __m256i w[8];
+            if constexpr (q8) Avx2Loaders::w_q8_0(rows, off, h, w);
+            else Avx2Loaders::w_q4_0(rows, off, h, w);
+            const __m256 s0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
+            avx2_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f, h);
+          }
+        }
+      } else {  // Q4_K
+        for (int64_t j = 0; j < nb; j += 8) {
+          const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
+          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
+          alignas(64) Packed sc[8];
+          q4_K_scales(rows, off, sc);
+          for (int gq = 0; gq < 4; ++gq)
+            for (int h = 0; h < 2; ++h) {
+              __m256i v[8], w[8];
+              Avx2Loaders::v_q4_K(rows, off, gq, h, v);
+              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(v[k], m4);
+              const Packed& a = sc[2 * gq];
+              avx2_block<P, NT>(w, _mm256_load_ps(a.s0 + 8 * h), _mm256_load_ps(a.s1 + 8 * h), zi, zi,
+                                xb + (j + 2 * gq) * NT, f, h);
+              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);
+              const Packed& b = sc[2 * gq + 1];
+              avx2_block<P, NT>(w, _mm256_load_ps(b.s0 + 8 * h), _mm256_load_ps(b.s1 + 8 * h), zi, zi,
+                                xb + (j + 2 * gq + 1) * NT, f, h);
+            }
+        }
+      }
+      for (int t = 0; t < NT; ++t) {
+        float out[kRows];
+        _mm256_storeu_ps(out, f[t][0]);
+        _mm256_storeu_ps(out + 8, f[t][1]);
+        std::memcpy(y + t * N + g, out, sizeof(float) * size_t(nr));
+      }
+    }
+  }
+};
+
+// ---- tables ----
+
+// Q6_K has no decode kernel: its blocks built in registers spill, and through the packer in the
+// decode loop it measured 3-5 % slower than the packed path.
+// AVX2 stops at kAvx2DecodeMaxTokens (null entries: the packed path).
+template <template <class, int> class D, class P, int N>
+constexpr DecodeFn decode_fn() {
+  if constexpr (N > kAvx2DecodeMaxTokens && std::is_same_v<D<P, N>, Avx2Decode<P, N>>) return nullptr;
+  else return &D<P, N>::run;
+}
+template <template <class, int> class D, class P, int... NT>
+constexpr std::array<DecodeFn, kDecodeMaxTokens> decode_fns(std::integer_sequence<int, NT...>) {
+  if constexpr (std::is_same_v<P, Q6_KPolicy>) return {};
+  else return {decode_fn<D, P, NT + 1>()...};
+}
+
+}  // namespace
+
+DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {
+  constexpr auto nt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
+  static const std::array<DecodeFn, kDecodeMaxTokens> kVnni512[] = {
+      decode_fns<Vnni512Decode, Q8_0Policy>(nt), decode_fns<Vnni512Decode, Q4_0Policy>(nt),
+      decode_fns<Vnni512Decode, Q4_KPolicy>(nt), decode_fns<Vnni512Decode, Q6_KPolicy>(nt)};
+  static const std::array<DecodeFn, kDecodeMaxTokens> kAvx2[] = {
+      decode_fns<Avx2Decode, Q8_0Policy>(nt), decode_fns<Avx2Decode, Q4_0Policy>(nt),
+      decode_fns<Avx2Decode, Q4_KPolicy>(nt), decode_fns<Avx2Decode, Q6_KPolicy>(nt)};
+  int type = -1;
+  switch (t) {
+    case DType::Q8_0: type = 0; break;
+    case DType::Q4_0: type = 1; break;
+    case DType::Q4_K: type = 2; break;
+    case DType::Q6_K: type = 3; break;
+    default: return nullptr;
+  }
+  if (n_tokens < 1 || n_tokens > kDecodeMaxTokens) return nullptr;
+  return (vnni ? kVnni512 : kAvx2)[type][size_t(n_tokens - 1)];
+}
+
+}  // namespace mixtral::q8
