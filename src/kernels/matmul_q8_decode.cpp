@@ -1,5 +1,6 @@
 // Decode and small batches (at most kDecodeMaxTokens tokens; AVX2: kAvx2DecodeMaxTokens) of
-// y = x·Wᵀ through int8 activations (contract in matmul_q8.h; the packed path and the shared pieces in matmul_q8.cpp / matmul_q8_blocks.h).
+// y = x·Wᵀ through int8 activations (contract in matmul_q8.h; the packed path and the shared
+// pieces in matmul_q8.cpp / matmul_q8_blocks.h).
 //
 // No packing. Per thread, per group of 16 rows, the accumulators stay in registers while the
 // group's blocks are walked in order straight from W: the same loaders that feed the packers build
