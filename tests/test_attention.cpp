@@ -72,10 +72,10 @@ std::vector<float> normal(int64_t n, uint32_t seed) {
 template <class F>
 void for_each_simd_level(F body) {
   const SimdLevel best = best_simd_level();
-  for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512}) {
+  for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AVX512_BF16}) {
     if (int(l) > int(best)) continue;
     set_simd_level(l);
-    SCOPED_TRACE(l == SimdLevel::AVX512 ? "AVX512" : "AVX2");
+    SCOPED_TRACE(l == SimdLevel::AVX512_BF16 ? "AVX512_BF16" : l == SimdLevel::AVX512 ? "AVX512" : "AVX2");
     body();
   }
   set_simd_level(best);

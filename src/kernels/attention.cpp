@@ -282,7 +282,7 @@ void attention(const AttentionShape& sh, const QueryRun* runs, int64_t n_runs, c
   if (pool.size() > scratch.n_threads())
     fail("attention", "scratch for " + std::to_string(scratch.n_threads()) + " threads, pool of " +
                           std::to_string(pool.size()));
-  const ItemFn item = simd_level() == SimdLevel::AVX512 ? item_avx512 : item_avx2;
+  const ItemFn item = simd_level() >= SimdLevel::AVX512 ? item_avx512 : item_avx2;
   const int64_t per = scratch.tokens_per_item(), cap = scratch.rows();
   // Items round-robin, KV heads innermost: neighbouring items cost about the same, so every
   // thread gets a fair share of the long (late) and short (early) query tokens.
