@@ -127,7 +127,9 @@ TEST_P(Conformance, GreedyDecodeThroughKVCache) {
       worst_lse = std::max(worst_lse, d.lse_diff);
       const int32_t id = argmax(logits.data(), V);
       ours.push_back(id);
-      if (quant && p.greedy_gap[step] >= 0.05f) EXPECT_EQ(id, p.greedy[step]) << p.name << " step " << step;
+      if (quant && p.greedy_gap[step] >= 0.05f) {
+        EXPECT_EQ(id, p.greedy[step]) << p.name << " step " << step;
+      }
       if (!quant && step == 31 && std::string(GetParam().refs) == "tiny-f32" && p.name == "long") {
         // full_rows.f32 row 3: the decode-path row of long's greedy step 31 (position 326).
         const auto full = read_records<float>(shared_dir() + "/fixtures/refs/tiny-f32/full_rows.f32");

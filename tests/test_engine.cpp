@@ -175,7 +175,9 @@ struct Recorder : RoutingObserver {
       for (int64_t r = 0; r < k; ++r) {
         EXPECT_GE(experts[t * k + r], 0);
         EXPECT_LT(experts[t * k + r], n_experts);
-        if (r > 0) EXPECT_LE(weights[t * k + r], weights[t * k + r - 1]);
+        if (r > 0) {
+          EXPECT_LE(weights[t * k + r], weights[t * k + r - 1]);
+        }
         sum += weights[t * k + r];
         used[layer].insert(experts[t * k + r]);
       }

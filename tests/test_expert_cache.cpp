@@ -80,7 +80,9 @@ void expect_offloading_exact(const std::string& rel) {
         const ExpertCacheStats st = m->expert_cache()->stats();
         EXPECT_GT(st.demanded, 0u) << what;
         EXPECT_GE(st.loads, st.demanded - st.hits - st.in_flight) << what;  // every miss was read
-        if (f == PrefetchMode::None) EXPECT_EQ(st.prefetch_loads, 0u) << what;
+        if (f == PrefetchMode::None) {
+          EXPECT_EQ(st.prefetch_loads, 0u) << what;
+        }
       }
     }
   }
