@@ -722,6 +722,29 @@ TEST(MatmulBf16, BitExactWithScalarEmulation) {
   }
 }
 
+// Decode (1-4 tokens) takes one row per block while x is small and r_max rows past 16 KB of
+// bf16 activations; long rows reach the second, with partial blocks and the next-block prefetch.
+TEST(MatmulBf16, DecodeLongRowsBitExact) {
+  ThreadPool p1(1), p2(2), p3(3);
+  for (int64_t K : {4095, 8193, 9000}) {
+    const int64_t rows = 37, kMaxT = 4;
+    const TestMatrix W(DType::BF16, rows, K, uint32_t(K));
+    const std::vector<float> x = normal(kMaxT * K, uint32_t(K + 1));
+    std::vector<float> want(size_t(kMaxT * rows));
+    ref::matmul_bf16(W.m, x.data(), kMaxT, want.data());
+    for_each_simd_level([&] {
+      for (int64_t T = 1; T <= kMaxT; ++T)
+        for (ThreadPool* pool : {&p1, &p2, &p3}) {
+          std::vector<float> y(size_t(T * rows));
+          matmul(W.m, x.data(), T, y.data(), *pool);
+          expect_same_bits(y, std::vector<float>(want.begin(), want.begin() + T * rows),
+                           "K=" + std::to_string(K) + " T=" + std::to_string(T) +
+                               " threads=" + std::to_string(pool->size()));
+        }
+    });
+  }
+}
+
 // Subnormal weights and activations, products that underflow and sums that cancel to nearly
 // zero: the emulations flush exactly where vdpbf16ps does.
 TEST(MatmulBf16, SubnormalsFlushLikeTheInstruction) {
