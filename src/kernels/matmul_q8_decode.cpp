@@ -3,11 +3,12 @@
 //
 // No packing. Per thread, per group of 16 rows, the accumulators stay in registers while the
 // group's blocks are walked in order straight from W: the same loaders that feed the packers build
-// each block's transposed quants in registers (only a Q4_K super-block's scales go through a small
-// buffer; Q8_0 / Q4_0 gather their 16 d's), and the same per-block step as the micro-kernels
-// (vnni_block / avx2_block) adds the block. While a group runs, the next group (16 contiguous
-// rows) is prefetched into L2 in step with it. Each output is the same chain of blocks as in the
-// packed path, so the bits are the same.
+// each block's transposed quants in registers (Q6_K combines each row's low and high bits before
+// the transpose, one activation block at a time), the scales are transposed from the 16 rows'
+// block headers (Q8_0 / Q4_0 / Q6_K gather their 16 d's), and the same per-block step as the
+// micro-kernels (vnni_block / avx2_block) adds the block. While a group runs, the next group (16
+// contiguous rows) is prefetched into L2 in step with it. Each output is the same chain of blocks
+// as in the packed path, so the bits are the same.
 //
 // No fused multiply-add contraction in this file: dw * dx is rounded before its FMA.
 #if defined(__clang__)
@@ -51,14 +52,14 @@ struct Vnni512Decode {
       __m512 f[NT];
 #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) f[t] = zf;
+      // byte offsets of the 16 rows from row 0, for gathering the d's
+      const __m512i idx = _mm512_mullo_epi32(
+          _mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32(nr - 1)),
+          _mm512_set1_epi32(int(rb)));
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
         constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-        // byte offsets of the 16 rows from row 0, for gathering the d's
-        const __m512i idx = _mm512_mullo_epi32(
-            _mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                             _mm512_set1_epi32(nr - 1)),
-            _mm512_set1_epi32(int(rb)));
         for (int64_t j = 0; j < nb; ++j) {
           const size_t off = size_t(j) * bytes;
           prefetch_next_group(rows[0], rb, off, bytes);
@@ -68,21 +69,41 @@ struct Vnni512Decode {
           const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, rows[0] + off, 1)));
           vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
         }
+      } else if constexpr (std::is_same_v<P, Q6_KPolicy>) {
+        for (int64_t j = 0; j < nb; j += 8) {
+          const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
+          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ6_K));
+          __m512i i0[8], i1[8];
+          Avx512Loaders::q6_K_scale_regs(rows, off, i0, i1);
+          // d: the upper half of the dword at 206 (208 would read past the block)
+          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(
+              _mm512_srli_epi32(_mm512_i32gather_epi32(idx, rows[0] + off + offsetof(BlockQ6_K, d) - 2, 1), 16)));
+          auto add = [&]<int Q>(int half) {  // activation block s = 4·half + Q
+            const int s = 4 * half + Q;
+            __m512i w[8];
+            Avx512Loaders::w_q6_K<Q>(rows, off, half, w);
+            vnni_block<P, NT>(w, s0, zf, i0[s], i1[s], xb + (j + s) * NT, f);
+          };
+          for (int half = 0; half < 2; ++half) {
+            add.template operator()<0>(half);
+            add.template operator()<1>(half);
+            add.template operator()<2>(half);
+            add.template operator()<3>(half);
+          }
+        }
       } else {  // Q4_K
         for (int64_t j = 0; j < nb; j += 8) {
           const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
           prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
-          alignas(64) Packed sc[8];
-          q4_K_scales(rows, off, sc);
+          __m512 s0[8], s1[8];
+          Avx512Loaders::q4_K_scale_regs(rows, off, s0, s1);
           for (int gq = 0; gq < 4; ++gq) {
             __m512i v[8], w[8];
             Avx512Loaders::v_q4_K_outline(rows, off, gq, v);
             for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
-            const Packed& a = sc[2 * gq];
-            vnni_block<P, NT>(w, _mm512_load_ps(a.s0), _mm512_load_ps(a.s1), zi, zi, xb + (j + 2 * gq) * NT, f);
+            vnni_block<P, NT>(w, s0[2 * gq], s1[2 * gq], zi, zi, xb + (j + 2 * gq) * NT, f);
             for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
-            const Packed& b = sc[2 * gq + 1];
-            vnni_block<P, NT>(w, _mm512_load_ps(b.s0), _mm512_load_ps(b.s1), zi, zi, xb + (j + 2 * gq + 1) * NT, f);
+            vnni_block<P, NT>(w, s0[2 * gq + 1], s1[2 * gq + 1], zi, zi, xb + (j + 2 * gq + 1) * NT, f);
           }
         }
       }
@@ -128,6 +149,29 @@ struct Avx2Decode {
             avx2_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f, h);
           }
         }
+      } else if constexpr (std::is_same_v<P, Q6_KPolicy>) {
+        for (int64_t j = 0; j < nb; j += 8) {
+          const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
+          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ6_K));
+          alignas(64) Packed sc[8];
+          q6_K_scales(rows, off, sc);
+          auto add = [&]<int Q>(int half) {  // activation block s = 4·half + Q
+            const int s = 4 * half + Q;
+            for (int h = 0; h < 2; ++h) {
+              __m256i w[8];
+              Avx2Loaders::w_q6_K<Q>(rows, off, half, h, w);
+              const __m256 s0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(sc[0].d16 + 8 * h)));
+              avx2_block<P, NT>(w, s0, zf, _mm256_load_si256(reinterpret_cast<const __m256i*>(sc[s].i0 + 8 * h)),
+                                _mm256_load_si256(reinterpret_cast<const __m256i*>(sc[s].i1 + 8 * h)), xb + (j + s) * NT, f, h);
+            }
+          };
+          for (int half = 0; half < 2; ++half) {
+            add.template operator()<0>(half);
+            add.template operator()<1>(half);
+            add.template operator()<2>(half);
+            add.template operator()<3>(half);
+          }
+        }
       } else {  // Q4_K
         for (int64_t j = 0; j < nb; j += 8) {
           const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
@@ -161,12 +205,9 @@ struct Avx2Decode {
 
 // ---- tables ----
 
-// Q6_K has no decode kernel: its blocks built in registers spill, and through the packer in the
-// decode loop it measured 3-5 % slower than the packed path.
 template <template <class, int> class D, class P, int... NT>
 constexpr std::array<DecodeFn, kDecodeMaxTokens> decode_fns(std::integer_sequence<int, NT...>) {
-  if constexpr (std::is_same_v<P, Q6_KPolicy>) return {};
-  else return {&D<P, NT + 1>::run...};
+  return {&D<P, NT + 1>::run...};
 }
 
 }  // namespace
