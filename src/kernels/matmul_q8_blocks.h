@@ -255,39 +255,30 @@ struct Avx512Loaders {
     for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
     transpose16x8(v);
   }
-  // v_q4_K for the decode loop with the transpose out of line: inlined there, GCC 12's register
-  // allocation made 1-token Q4_K decode ~15-35 % slower (measured).
-  [[gnu::noinline]] static void transpose16x8_outline(__m512i v[8]) { transpose16x8(v); }
-  static void v_q4_K_outline(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
-    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
-    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
-    transpose16x8_outline(v);
+  // Q4_K: r = rows16x16 of the super-block's first 16 bytes (r[0] = d | dmin << 16, r[1..3] =
+  // scales[0..12)); d, ndmin = the rows' d and -dmin as floats (q4_K_d). Sub-block s's
+  // s0 = d * sc[s] and s1 = -(dmin * m[s]) = (-dmin) * m[s], q4k_scale_min lane-wise.
+  static void q4_K_d(const __m512i r[4], __m512& d, __m512& ndmin) {
+    d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(r[0]));
+    ndmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(r[0], 16))),
+                          _mm512_set1_ps(-0.0f));  // exact negation
   }
-  // Q4_K super-block at off: the 16 rows' s0 = d * sc[s] and s1 = -(dmin * m[s]) = (-dmin) * m[s]
-  // of its 8 sub-blocks (q4k_scale_min, lane-wise on the transposed d, dmin, scales[12]).
-  static void q4_K_scale_regs(const uint8_t* const* rows, size_t off, __m512 s0[8], __m512 s1[8]) {
-    __m512i r[4];  // r[0] = d | dmin << 16, r[1..3] = scales[0..12)
-    rows16x16(rows, off, r);
-    const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(r[0]));
-    const __m512 ndmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(r[0], 16))),
-                                       _mm512_set1_ps(-0.0f));  // exact negation
+  [[gnu::always_inline]] static void q4_K_scale(const __m512i r[4], __m512 d, __m512 ndmin, int s, __m512& s0,
+                                                __m512& s1) {
     const __m512i m6 = _mm512_set1_epi32(63), m4 = _mm512_set1_epi32(15), m2 = _mm512_set1_epi32(0x30);
-#pragma GCC unroll 8
-    for (int s = 0; s < 8; ++s) {
-      __m512i sc, m;
-      if (s < 4) {
-        sc = _mm512_and_si512(_mm512_srli_epi32(r[1], 8 * s), m6);
-        m = _mm512_and_si512(_mm512_srli_epi32(r[2], 8 * s), m6);
-      } else {
-        const int j = s - 4;
-        sc = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(r[3], 8 * j), m4),
-                             _mm512_and_si512(_mm512_srli_epi32(r[1], 8 * j + 2), m2));
-        m = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(r[3], 8 * j + 4), m4),
-                            _mm512_and_si512(_mm512_srli_epi32(r[2], 8 * j + 2), m2));
-      }
-      s0[s] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
-      s1[s] = _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m));
+    __m512i sc, m;
+    if (s < 4) {
+      sc = _mm512_and_si512(_mm512_srli_epi32(r[1], 8 * s), m6);
+      m = _mm512_and_si512(_mm512_srli_epi32(r[2], 8 * s), m6);
+    } else {
+      const int j = s - 4;
+      sc = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(r[3], 8 * j), m4),
+                           _mm512_and_si512(_mm512_srli_epi32(r[1], 8 * j + 2), m2));
+      m = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(r[3], 8 * j + 4), m4),
+                          _mm512_and_si512(_mm512_srli_epi32(r[2], 8 * j + 2), m2));
     }
+    s0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+    s1 = _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m));
   }
   // Q6_K super-block at off: the 16 rows' int8 scales[2s], scales[2s + 1] as int32 (i0[s], i1[s]).
   static void q6_K_scale_regs(const uint8_t* const* rows, size_t off, __m512i i0[8], __m512i i1[8]) {

@@ -4,8 +4,9 @@
 // No packing. Per thread, per group of 16 rows, the accumulators stay in registers while the
 // group's blocks are walked in order straight from W: the same loaders that feed the packers build
 // each block's transposed quants in registers (Q6_K combines each row's low and high bits before
-// the transpose, one activation block at a time), the scales are transposed from the 16 rows'
-// block headers (Q8_0 / Q4_0 / Q6_K gather their 16 d's), and the same per-block step as the
+// the transpose, one activation block at a time), the scales and d's come from the 16 rows' block
+// headers transposed in registers (AVX-512; AVX2 goes through small buffers; a vpgatherdd of the
+// d's measured slower on Zen 5), and the same per-block step as the
 // micro-kernels (vnni_block / avx2_block) adds the block. While a group runs, the next group (16
 // contiguous rows) is prefetched into L2 in step with it. Each output is the same chain of blocks
 // as in the packed path, so the bits are the same.
@@ -52,11 +53,6 @@ struct Vnni512Decode {
       __m512 f[NT];
 #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) f[t] = zf;
-      // byte offsets of the 16 rows from row 0, for gathering the d's
-      const __m512i idx = _mm512_mullo_epi32(
-          _mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                           _mm512_set1_epi32(nr - 1)),
-          _mm512_set1_epi32(int(rb)));
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
         constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
@@ -66,7 +62,9 @@ struct Vnni512Decode {
           __m512i w[8];
           if constexpr (q8) Avx512Loaders::w_q8_0(rows, off, w);
           else Avx512Loaders::w_q4_0(rows, off, w);
-          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, rows[0] + off, 1)));
+          __m512i hd[4];  // hd[0]: d of the 16 rows in the low halves (vpgatherdd measured slower)
+          Avx512Loaders::rows16x16(rows, off, hd);
+          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd[0]));
           vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
         }
       } else if constexpr (std::is_same_v<P, Q6_KPolicy>) {
@@ -75,9 +73,9 @@ struct Vnni512Decode {
           prefetch_next_group(rows[0], rb, off, sizeof(BlockQ6_K));
           __m512i i0[8], i1[8];
           Avx512Loaders::q6_K_scale_regs(rows, off, i0, i1);
-          // d: the upper half of the dword at 206 (208 would read past the block)
-          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(
-              _mm512_srli_epi32(_mm512_i32gather_epi32(idx, rows[0] + off + offsetof(BlockQ6_K, d) - 2, 1), 16)));
+          __m512i hd[4];  // the 16 bytes that end with d: hd[3] = scales[14..16) | d << 16
+          Avx512Loaders::rows16x16(rows, off + offsetof(BlockQ6_K, d) - 14, hd);
+          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hd[3], 16)));
           auto add = [&]<int Q>(int half) {  // activation block s = 4·half + Q
             const int s = 4 * half + Q;
             __m512i w[8];
@@ -95,15 +93,21 @@ struct Vnni512Decode {
         for (int64_t j = 0; j < nb; j += 8) {
           const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
           prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
-          __m512 s0[8], s1[8];
-          Avx512Loaders::q4_K_scale_regs(rows, off, s0, s1);
+          __m512i r[4];
+          __m512 d, ndmin;
+          Avx512Loaders::rows16x16(rows, off, r);
+          Avx512Loaders::q4_K_d(r, d, ndmin);
+#pragma GCC unroll 4
           for (int gq = 0; gq < 4; ++gq) {
             __m512i v[8], w[8];
-            Avx512Loaders::v_q4_K_outline(rows, off, gq, v);
+            __m512 s0, s1;
+            Avx512Loaders::v_q4_K(rows, off, gq, v);
             for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
-            vnni_block<P, NT>(w, s0[2 * gq], s1[2 * gq], zi, zi, xb + (j + 2 * gq) * NT, f);
+            Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq, s0, s1);
+            vnni_block<P, NT>(w, s0, s1, zi, zi, xb + (j + 2 * gq) * NT, f);
             for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
-            vnni_block<P, NT>(w, s0[2 * gq + 1], s1[2 * gq + 1], zi, zi, xb + (j + 2 * gq + 1) * NT, f);
+            Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq + 1, s0, s1);
+            vnni_block<P, NT>(w, s0, s1, zi, zi, xb + (j + 2 * gq + 1) * NT, f);
           }
         }
       }
