@@ -251,7 +251,10 @@ struct Avx512Loaders {
   // Q4_K super-block at off, group g: v[k] = dword k of qs[32g .. 32g+32) of the 16 rows (low
   // nibbles: sub-block 2g, high: 2g+1).
   static void v_q4_K(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
-    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
+    rows16x32(rows, off + offsetof(BlockQ4_K, qs) + 32 * g, v);
+  }
+  // v[k] = dword k of the 32 bytes at o of each of the 16 rows.
+  static void rows16x32(const uint8_t* const* rows, size_t o, __m512i v[8]) {
     for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
     transpose16x8(v);
   }

@@ -39,6 +39,52 @@ namespace {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
+// Q6_K on AVX-512, a half super-block at a time: its ql and qh are transposed once each (three
+// transposes for four activation blocks) and each block's quants combined lane-wise from them.
+// The blocks' exact integer sums may be formed in any order; only their adds to f keep the
+// contract's order (block q = 2 is summed while ql[0..32) is loaded, and added after q = 1).
+//
+// I[t] = i0 * sum_lo + i1 * sum_hi of activation block q of the half (Q6_KPolicy's I) from the
+// transposed ql (its 32 bytes that hold q) and qh; x[t] = token t's XBlock of the block.
+template <int Q, int NT>
+[[gnu::always_inline]] inline void q6_K_sums(const __m512i ql[8], const __m512i qh[8], __m512i i0, __m512i i1,
+                                             const XBlock* x, __m512i I[NT]) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
+  auto quant = [&](int k) {  // (ql nibble Q/2) | ((qh >> 2Q) & 3) << 4
+    const __m512i lo = Q >= 2 ? _mm512_srli_epi16(ql[k], 4) : ql[k];
+    const __m512i hi = Q == 0 ? _mm512_slli_epi16(qh[k], 4)
+                       : Q == 1 ? _mm512_slli_epi16(qh[k], 2)
+                       : Q == 2 ? qh[k]
+                                : _mm512_srli_epi16(qh[k], 2);
+    return _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_and_si512(hi, m2));
+  };
+  __m512i lo[NT], hi[NT];
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    lo[t] = _mm512_set1_epi32(Q6_KPolicy::corr_lo(x[t]));
+    hi[t] = _mm512_set1_epi32(Q6_KPolicy::corr_hi(x[t]));
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    const __m512i wl = quant(k), wh = quant(k + 4);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      lo[t] = _mm512_dpbusd_epi32(lo[t], wl, _mm512_set1_epi32(dword_at(x[t].qs + 4 * k)));
+      hi[t] = _mm512_dpbusd_epi32(hi[t], wh, _mm512_set1_epi32(dword_at(x[t].qs + 16 + 4 * k)));
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) I[t] = _mm512_add_epi32(_mm512_mullo_epi32(lo[t], i0), _mm512_mullo_epi32(hi[t], i1));
+}
+
+// f[t] = fma(float(I[t]), dw * dx, f[t]): vnni_block's last step.
+template <int NT>
+[[gnu::always_inline]] inline void add_sums(const __m512i I[NT], __m512 dw, const XBlock* x, __m512 f[NT]) {
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t)
+    f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[t]), _mm512_mul_ps(dw, _mm512_set1_ps(x[t].d)), f[t]);
+}
+
 template <class P, int NT>
 struct Vnni512Decode {
   static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
@@ -76,17 +122,21 @@ struct Vnni512Decode {
           __m512i hd[4];  // the 16 bytes that end with d: hd[3] = scales[14..16) | d << 16
           Avx512Loaders::rows16x16(rows, off + offsetof(BlockQ6_K, d) - 14, hd);
           const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hd[3], 16)));
-          auto add = [&]<int Q>(int half) {  // activation block s = 4·half + Q
-            const int s = 4 * half + Q;
-            __m512i w[8];
-            Avx512Loaders::w_q6_K<Q>(rows, off, half, w);
-            vnni_block<P, NT>(w, s0, zf, i0[s], i1[s], xb + (j + s) * NT, f);
-          };
-          for (int half = 0; half < 2; ++half) {
-            add.template operator()<0>(half);
-            add.template operator()<1>(half);
-            add.template operator()<2>(half);
-            add.template operator()<3>(half);
+            for (int half = 0; half < 2; ++half) {  // activation blocks s = 4·half + q
+            const int s = 4 * half;
+            const XBlock* x = xb + (j + s) * NT;
+            __m512i hb[8], ql[8], I[NT], I2[NT];
+            Avx512Loaders::rows16x32(rows, off + offsetof(BlockQ6_K, qh) + 32 * half, hb);
+            Avx512Loaders::rows16x32(rows, off + 64 * half, ql);  // ql[64·half ..): q = 0, 2
+            q6_K_sums<0, NT>(ql, hb, i0[s], i1[s], x, I);
+            add_sums<NT>(I, s0, x, f);
+            q6_K_sums<2, NT>(ql, hb, i0[s + 2], i1[s + 2], x + 2 * NT, I2);  // added after q = 1
+            Avx512Loaders::rows16x32(rows, off + 64 * half + 32, ql);  // ql[64·half + 32 ..): q = 1, 3
+            q6_K_sums<1, NT>(ql, hb, i0[s + 1], i1[s + 1], x + NT, I);
+            add_sums<NT>(I, s0, x + NT, f);
+            add_sums<NT>(I2, s0, x + 2 * NT, f);
+            q6_K_sums<3, NT>(ql, hb, i0[s + 3], i1[s + 3], x + 3 * NT, I);
+            add_sums<NT>(I, s0, x + 3 * NT, f);
           }
         }
       } else {  // Q4_K
