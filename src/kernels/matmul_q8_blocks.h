@@ -330,6 +330,17 @@ inline void prefetch_next_group(const uint8_t* row0, size_t rb, size_t off, size
     asm volatile("prefetcht1 (%0)" : : "r"(next + o));
 }
 
+// The packed path's prefetch, for Q6_K decode (whose groups stream faster this way: measured,
+// bench_matmul Q6_K 1 token, 2 threads, 35-41 GB/s typical against 23-25 with
+// prefetch_next_group): bytes at byte offset o of each of the 16 rows into L1, or where o is past
+// the row's end, o - rb of the next group's rows. (Prefetches do not fault: past W's end is harmless.)
+inline void prefetch_rows_ahead(const uint8_t* const* rows, size_t rb, size_t o, size_t bytes) {
+  size_t step = 0;
+  if (o >= rb) o -= rb, step = kRows * rb;
+  for (int r = 0; r < kRows; ++r)
+    for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(rows[r] + step + o + i), _MM_HINT_T0);
+}
+
 // ================================ per-block steps ================================================
 
 // What differs between dtypes: the integer offset folded into I, how the two halves of I

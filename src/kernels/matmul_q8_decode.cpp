@@ -116,7 +116,7 @@ struct Vnni512Decode {
       } else if constexpr (std::is_same_v<P, Q6_KPolicy>) {
         for (int64_t j = 0; j < nb; j += 8) {
           const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
-          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ6_K));
+          prefetch_rows_ahead(rows, rb, off + 3 * sizeof(BlockQ6_K), sizeof(BlockQ6_K));
           __m512i i0[8], i1[8];
           Avx512Loaders::q6_K_scale_regs(rows, off, i0, i1);
           __m512i hd[4];  // the 16 bytes that end with d: hd[3] = scales[14..16) | d << 16
