@@ -293,21 +293,6 @@ struct Avx512Loaders {
       i1[s] = _mm512_srai_epi32(_mm512_slli_epi32(r[s / 2], 16 - 16 * (s % 2)), 24);
     }
   }
-  // Q6_K super-block at off, activation block s = 4·half + Q: w[k] = dword k of the 6-bit quants (unsigned)
-  // of the 16 rows (as Avx2Loaders::w_q6_K).
-  template <int Q>
-  static void w_q6_K(const uint8_t* const* rows, size_t off, int half, __m512i w[8]) {
-    constexpr int q = Q;
-    const size_t oa = off + 64 * half + 32 * (q % 2), oh = off + offsetof(BlockQ6_K, qh) + 32 * half;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
-    for (int i = 0; i < 8; ++i) {
-      __m512i a = load_2x256(rows[i] + oa, rows[i + 8] + oa), hb = load_2x256(rows[i] + oh, rows[i + 8] + oh);
-      if constexpr (q >= 2) a = _mm512_srli_epi16(a, 4);
-      hb = q == 0 ? _mm512_slli_epi16(hb, 4) : q == 1 ? _mm512_slli_epi16(hb, 2) : q == 2 ? hb : _mm512_srli_epi16(hb, 2);
-      w[i] = _mm512_or_si512(_mm512_and_si512(a, m4), _mm512_and_si512(hb, m2));
-    }
-    transpose16x8(w);
-  }
 };
 
 #pragma GCC diagnostic pop

@@ -3,13 +3,15 @@
 //
 // No packing. Per thread, per group of 16 rows, the accumulators stay in registers while the
 // group's blocks are walked in order straight from W: the same loaders that feed the packers build
-// each block's transposed quants in registers (Q6_K combines each row's low and high bits before
-// the transpose, one activation block at a time), the scales and d's come from the 16 rows' block
+// each block's transposed quants in registers (Q6_K: AVX2 combines each row's low and high bits
+// before the transpose, a block at a time; AVX-512 transposes a half super-block's ql and qh once
+// and combines them lane-wise, q6_K_sums), the scales and d's come from the 16 rows' block
 // headers transposed in registers (AVX-512; AVX2 goes through small buffers; a vpgatherdd of the
-// d's measured slower on Zen 5), and the same per-block step as the
-// micro-kernels (vnni_block / avx2_block) adds the block. While a group runs, the next group (16
-// contiguous rows) is prefetched into L2 in step with it. Each output is the same chain of blocks
-// as in the packed path, so the bits are the same.
+// d's measured slower on Zen 5), and the same per-block step as the micro-kernels (vnni_block /
+// avx2_block) adds the block. While a group runs, the next group (16 contiguous rows) is
+// prefetched into L2 in step with it (AVX-512 Q6_K: each row 3 super-blocks ahead into L1, see
+// prefetch_rows_ahead). Each output is the same chain of blocks as in the packed path, so the
+// bits are the same.
 //
 // No fused multiply-add contraction in this file: dw * dx is rounded before its FMA.
 #if defined(__clang__)
@@ -122,7 +124,7 @@ struct Vnni512Decode {
           __m512i hd[4];  // the 16 bytes that end with d: hd[3] = scales[14..16) | d << 16
           Avx512Loaders::rows16x16(rows, off + offsetof(BlockQ6_K, d) - 14, hd);
           const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hd[3], 16)));
-            for (int half = 0; half < 2; ++half) {  // activation blocks s = 4·half + q
+          for (int half = 0; half < 2; ++half) {  // activation blocks s = 4·half + q
             const int s = 4 * half;
             const XBlock* x = xb + (j + s) * NT;
             __m512i hb[8], ql[8], I[NT], I2[NT];
