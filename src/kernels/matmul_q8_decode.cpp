@@ -7,7 +7,7 @@
 // before the transpose, a block at a time; AVX-512 transposes a half super-block's ql and qh once
 // and combines them lane-wise, q6_K_sums), the scales and d's come from the 16 rows' block
 // headers transposed in registers (AVX-512; AVX2 goes through small buffers; a vpgatherdd of the
-// d's measured slower on Zen 5), and the same per-block step as the micro-kernels (vnni_block /
+// d's measured ~15 % slower for Q4_0 / Q8_0 with W in cache on Zen 5), and the same per-block step as the micro-kernels (vnni_block /
 // avx2_block) adds the block. While a group runs, the next group (16 contiguous rows) is
 // prefetched into L2 in step with it (AVX-512 Q6_K: each row 3 super-blocks ahead into L1, see
 // prefetch_rows_ahead). Each output is the same chain of blocks as in the packed path, so the
@@ -110,7 +110,7 @@ struct Vnni512Decode {
           __m512i w[8];
           if constexpr (q8) Avx512Loaders::w_q8_0(rows, off, w);
           else Avx512Loaders::w_q4_0(rows, off, w);
-          __m512i hd[4];  // hd[0]: d of the 16 rows in the low halves (vpgatherdd measured slower)
+          __m512i hd[4];  // hd[0]: d of the 16 rows in the low halves
           Avx512Loaders::rows16x16(rows, off, hd);
           const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd[0]));
           vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
