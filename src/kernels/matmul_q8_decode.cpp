@@ -6,8 +6,8 @@
 // each block's transposed quants in registers (Q6_K: AVX2 combines each row's low and high bits
 // before the transpose, a block at a time; AVX-512 transposes a half super-block's ql and qh once
 // and combines them lane-wise, q6_K_sums), the scales and d's come from the 16 rows' block
-// headers transposed in registers (AVX-512; AVX2 goes through small buffers; a vpgatherdd of the
-// d's measured ~15 % slower for Q4_0 / Q8_0 with W in cache on Zen 5), and the same per-block step as the micro-kernels (vnni_block /
+// headers transposed in registers (AVX-512, but Q8_0 gathers its d's; AVX2 goes through small
+// buffers), and the same per-block step as the micro-kernels (vnni_block /
 // avx2_block) adds the block. While a group runs, the next group (16 contiguous rows) is
 // prefetched into L2 in step with it (AVX-512 Q6_K: each row 3 super-blocks ahead into L1, see
 // prefetch_rows_ahead). Each output is the same chain of blocks as in the packed path, so the
@@ -104,15 +104,28 @@ struct Vnni512Decode {
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
         constexpr size_t bytes = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+        // byte offsets of the 16 rows from row 0, for gathering Q8_0's d's
+        const __m512i idx = _mm512_mullo_epi32(
+            _mm512_min_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                             _mm512_set1_epi32(nr - 1)),
+            _mm512_set1_epi32(int(rb)));
         for (int64_t j = 0; j < nb; ++j) {
           const size_t off = size_t(j) * bytes;
           prefetch_next_group(rows[0], rb, off, bytes);
           __m512i w[8];
           if constexpr (q8) Avx512Loaders::w_q8_0(rows, off, w);
           else Avx512Loaders::w_q4_0(rows, off, w);
-          __m512i hd[4];  // hd[0]: d of the 16 rows in the low halves
-          Avx512Loaders::rows16x16(rows, off, hd);
-          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd[0]));
+          // The d's: Q4_0 with its transposed block headers, Q8_0 gathered (each the faster in
+          // tg32 on the slice models, quiet machine: Q4_0 ~110 against ~100 tok/s gathered;
+          // Q8_0 ~68 against ~50 with the headers, though in cache the headers are faster).
+          __m512 s0;
+          if constexpr (q8) {
+            s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, rows[0] + off, 1)));
+          } else {
+            __m512i hd[4];  // hd[0]: d of the 16 rows in the low halves
+            Avx512Loaders::rows16x16(rows, off, hd);
+            s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd[0]));
+          }
           vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
         }
       } else if constexpr (std::is_same_v<P, Q6_KPolicy>) {
