@@ -103,28 +103,6 @@ inline void store_rows8(Packed* out, int k, int h, __m256i v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
 }
 
-// Q6_K: the 16 int8 scales of each row transposed as for Q4_K, sign-extended lane-wise; d fp16.
-void q6_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
-  alignas(32) uint16_t d16[kRows];
-  gather_d16(rows, off + offsetof(BlockQ6_K, d), d16);
-  const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d16));
-  for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].d16), dv);
-  for (int h = 0; h < 2; ++h) {
-    const uint8_t* const* rr = rows + 8 * h;
-    __m256i z[4];
-    const size_t so = off + offsetof(BlockQ6_K, scales);
-    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + so, rr[4 + g] + so);
-    transpose4x4_lanes(z);
-    auto byte = [&](int i) {  // scales[i] of the 8 rows, as int32
-      return _mm256_srai_epi32(_mm256_slli_epi32(z[i / 4], 24 - 8 * (i % 4)), 24);
-    };
-    for (int s = 0; s < 8; ++s) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i0 + 8 * h), byte(2 * s));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i1 + 8 * h), byte(2 * s + 1));
-    }
-  }
-}
-
 // The packers proper, blocks [b0, b0 + nb): defined inside each Quants struct (so that the
 // AVX-512 ones are compiled, and inline their per-block parts, for AVX-512).
 #define MIXTRAL_Q8_PACKERS                                                                     \

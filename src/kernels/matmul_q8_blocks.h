@@ -114,6 +114,28 @@ inline void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
   }
 }
 
+// Q6_K: the 16 int8 scales of each row transposed as for Q4_K, sign-extended lane-wise; d fp16.
+inline void q6_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
+  alignas(32) uint16_t d16[kRows];
+  gather_d16(rows, off + offsetof(BlockQ6_K, d), d16);
+  const __m256i dv = _mm256_load_si256(reinterpret_cast<const __m256i*>(d16));
+  for (int s = 0; s < 8; ++s) _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].d16), dv);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* const* rr = rows + 8 * h;
+    __m256i z[4];
+    const size_t so = off + offsetof(BlockQ6_K, scales);
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + so, rr[4 + g] + so);
+    transpose4x4_lanes(z);
+    auto byte = [&](int i) {  // scales[i] of the 8 rows, as int32
+      return _mm256_srai_epi32(_mm256_slli_epi32(z[i / 4], 24 - 8 * (i % 4)), 24);
+    };
+    for (int s = 0; s < 8; ++s) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i0 + 8 * h), byte(2 * s));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out[s].i1 + 8 * h), byte(2 * s + 1));
+    }
+  }
+}
+
 // ---- loaders, AVX2: 8 rows at a time ----
 
 struct Avx2Loaders {
@@ -139,6 +161,23 @@ struct Avx2Loaders {
   static void v_q4_K(const uint8_t* const* rows, size_t off, int g, int h, __m256i v[8]) {
     for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + offsetof(BlockQ4_K, qs) + 32 * g);
     transpose8x8(v);
+  }
+  // Q6_K super-block at off, activation block s = 4·half + Q: w[k] = dword k of the 6-bit quants (unsigned)
+  // of rows 8h .. 8h+8. Low 4 bits from ql[64·half + 32(q%2) + l]
+  // (nibble q/2), high 2 bits from qh[32·half + l] >> 2q; combined row by row, then transposed.
+  template <int Q>
+  static void w_q6_K(const uint8_t* const* rows, size_t off, int half, int h, __m256i w[8]) {
+    constexpr int q = Q;
+    const size_t oa = off + 64 * half + 32 * (q % 2), oh = off + offsetof(BlockQ6_K, qh) + 32 * half;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+    for (int i = 0; i < 8; ++i) {
+      const uint8_t* p = rows[8 * h + i];
+      __m256i a = load256(p + oa), hb = load256(p + oh);
+      if constexpr (q >= 2) a = _mm256_srli_epi16(a, 4);
+      hb = q == 0 ? _mm256_slli_epi16(hb, 4) : q == 1 ? _mm256_slli_epi16(hb, 2) : q == 2 ? hb : _mm256_srli_epi16(hb, 2);
+      w[i] = _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(hb, m2));
+    }
+    transpose8x8(w);
   }
 };
 
@@ -184,19 +223,26 @@ struct Avx512Loaders {
     transpose16x8(w);
     for (int k = 0; k < 8; ++k) w[k] = _mm512_xor_si512(w[k], _mm512_set1_epi8(char(0x80)));
   }
-  static void w_q4_0(const uint8_t* const* rows, size_t off, __m512i w[8]) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // r[k] = dword k of the 16 bytes at off of each of the 16 rows.
+  static void rows16x16(const uint8_t* const* rows, size_t off, __m512i r[4]) {
     __m512i z[4];  // 128-bit lane i of z[g] = row 4i + g
     for (int g = 0; g < 4; ++g) {
-      z[g] = _mm512_zextsi128_si512(load128(rows[g] + off + 2));
-      z[g] = _mm512_inserti32x4(z[g], load128(rows[4 + g] + off + 2), 1);
-      z[g] = _mm512_inserti32x4(z[g], load128(rows[8 + g] + off + 2), 2);
-      z[g] = _mm512_inserti32x4(z[g], load128(rows[12 + g] + off + 2), 3);
+      z[g] = _mm512_zextsi128_si512(load128(rows[g] + off));
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[4 + g] + off), 1);
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[8 + g] + off), 2);
+      z[g] = _mm512_inserti32x4(z[g], load128(rows[12 + g] + off), 3);
     }
     const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
     const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
-    const __m512i r[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
-                          _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    r[0] = _mm512_unpacklo_epi64(t0, t2);
+    r[1] = _mm512_unpackhi_epi64(t0, t2);
+    r[2] = _mm512_unpacklo_epi64(t1, t3);
+    r[3] = _mm512_unpackhi_epi64(t1, t3);
+  }
+  static void w_q4_0(const uint8_t* const* rows, size_t off, __m512i w[8]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i r[4];
+    rows16x16(rows, off + 2, r);
     for (int k = 0; k < 4; ++k) {
       w[k] = _mm512_and_si512(r[k], m4);
       w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4);
@@ -205,17 +251,47 @@ struct Avx512Loaders {
   // Q4_K super-block at off, group g: v[k] = dword k of qs[32g .. 32g+32) of the 16 rows (low
   // nibbles: sub-block 2g, high: 2g+1).
   static void v_q4_K(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
-    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
+    rows16x32(rows, off + offsetof(BlockQ4_K, qs) + 32 * g, v);
+  }
+  // v[k] = dword k of the 32 bytes at o of each of the 16 rows.
+  static void rows16x32(const uint8_t* const* rows, size_t o, __m512i v[8]) {
     for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
     transpose16x8(v);
   }
-  // v_q4_K for the decode loop with the transpose out of line: inlined there, GCC 12's register
-  // allocation made 1-token Q4_K decode ~15-35 % slower (measured).
-  [[gnu::noinline]] static void transpose16x8_outline(__m512i v[8]) { transpose16x8(v); }
-  static void v_q4_K_outline(const uint8_t* const* rows, size_t off, int g, __m512i v[8]) {
-    const size_t o = off + offsetof(BlockQ4_K, qs) + 32 * g;
-    for (int i = 0; i < 8; ++i) v[i] = load_2x256(rows[i] + o, rows[i + 8] + o);
-    transpose16x8_outline(v);
+  // Q4_K: r = rows16x16 of the super-block's first 16 bytes (r[0] = d | dmin << 16, r[1..3] =
+  // scales[0..12)); d, ndmin = the rows' d and -dmin as floats (q4_K_d). Sub-block s's
+  // s0 = d * sc[s] and s1 = -(dmin * m[s]) = (-dmin) * m[s], q4k_scale_min lane-wise.
+  static void q4_K_d(const __m512i r[4], __m512& d, __m512& ndmin) {
+    d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(r[0]));
+    ndmin = _mm512_xor_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(r[0], 16))),
+                          _mm512_set1_ps(-0.0f));  // exact negation
+  }
+  [[gnu::always_inline]] static void q4_K_scale(const __m512i r[4], __m512 d, __m512 ndmin, int s, __m512& s0,
+                                                __m512& s1) {
+    const __m512i m6 = _mm512_set1_epi32(63), m4 = _mm512_set1_epi32(15), m2 = _mm512_set1_epi32(0x30);
+    __m512i sc, m;
+    if (s < 4) {
+      sc = _mm512_and_si512(_mm512_srli_epi32(r[1], 8 * s), m6);
+      m = _mm512_and_si512(_mm512_srli_epi32(r[2], 8 * s), m6);
+    } else {
+      const int j = s - 4;
+      sc = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(r[3], 8 * j), m4),
+                           _mm512_and_si512(_mm512_srli_epi32(r[1], 8 * j + 2), m2));
+      m = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(r[3], 8 * j + 4), m4),
+                          _mm512_and_si512(_mm512_srli_epi32(r[2], 8 * j + 2), m2));
+    }
+    s0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+    s1 = _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m));
+  }
+  // Q6_K super-block at off: the 16 rows' int8 scales[2s], scales[2s + 1] as int32 (i0[s], i1[s]).
+  static void q6_K_scale_regs(const uint8_t* const* rows, size_t off, __m512i i0[8], __m512i i1[8]) {
+    __m512i r[4];
+    rows16x16(rows, off + offsetof(BlockQ6_K, scales), r);
+#pragma GCC unroll 8
+    for (int s = 0; s < 8; ++s) {
+      i0[s] = _mm512_srai_epi32(_mm512_slli_epi32(r[s / 2], 24 - 16 * (s % 2)), 24);
+      i1[s] = _mm512_srai_epi32(_mm512_slli_epi32(r[s / 2], 16 - 16 * (s % 2)), 24);
+    }
   }
 };
 
@@ -242,6 +318,17 @@ inline void prefetch_next_group(const uint8_t* row0, size_t rb, size_t off, size
   const uint8_t* next = row0 + kRows * rb;
   for (size_t o = (kRows * off) & ~size_t(63); o < kRows * (off + step); o += 64)
     asm volatile("prefetcht1 (%0)" : : "r"(next + o));
+}
+
+// The packed path's prefetch, for Q6_K decode (whose groups stream faster this way: measured,
+// bench_matmul Q6_K 1 token, 2 threads, 35-41 GB/s typical against 23-25 with
+// prefetch_next_group): bytes at byte offset o of each of the 16 rows into L1, or where o is past
+// the row's end, o - rb of the next group's rows. (Prefetches do not fault: past W's end is harmless.)
+inline void prefetch_rows_ahead(const uint8_t* const* rows, size_t rb, size_t o, size_t bytes) {
+  size_t step = 0;
+  if (o >= rb) o -= rb, step = kRows * rb;
+  for (int r = 0; r < kRows; ++r)
+    for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(rows[r] + step + o + i), _MM_HINT_T0);
 }
 
 // ================================ per-block steps ================================================
