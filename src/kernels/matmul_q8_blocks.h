@@ -162,23 +162,6 @@ struct Avx2Loaders {
     for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + offsetof(BlockQ4_K, qs) + 32 * g);
     transpose8x8(v);
   }
-  // Q6_K super-block at off, activation block s = 4·half + Q: w[k] = dword k of the 6-bit quants (unsigned)
-  // of rows 8h .. 8h+8. Low 4 bits from ql[64·half + 32(q%2) + l]
-  // (nibble q/2), high 2 bits from qh[32·half + l] >> 2q; combined row by row, then transposed.
-  template <int Q>
-  static void w_q6_K(const uint8_t* const* rows, size_t off, int half, int h, __m256i w[8]) {
-    constexpr int q = Q;
-    const size_t oa = off + 64 * half + 32 * (q % 2), oh = off + offsetof(BlockQ6_K, qh) + 32 * half;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
-    for (int i = 0; i < 8; ++i) {
-      const uint8_t* p = rows[8 * h + i];
-      __m256i a = load256(p + oa), hb = load256(p + oh);
-      if constexpr (q >= 2) a = _mm256_srli_epi16(a, 4);
-      hb = q == 0 ? _mm256_slli_epi16(hb, 4) : q == 1 ? _mm256_slli_epi16(hb, 2) : q == 2 ? hb : _mm256_srli_epi16(hb, 2);
-      w[i] = _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(hb, m2));
-    }
-    transpose8x8(w);
-  }
 };
 
 // ---- loaders, AVX-512: 16 rows at a time, the same bytes ----
@@ -283,16 +266,6 @@ struct Avx512Loaders {
     s0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
     s1 = _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m));
   }
-  // Q6_K super-block at off: the 16 rows' int8 scales[2s], scales[2s + 1] as int32 (i0[s], i1[s]).
-  static void q6_K_scale_regs(const uint8_t* const* rows, size_t off, __m512i i0[8], __m512i i1[8]) {
-    __m512i r[4];
-    rows16x16(rows, off + offsetof(BlockQ6_K, scales), r);
-#pragma GCC unroll 8
-    for (int s = 0; s < 8; ++s) {
-      i0[s] = _mm512_srai_epi32(_mm512_slli_epi32(r[s / 2], 24 - 16 * (s % 2)), 24);
-      i1[s] = _mm512_srai_epi32(_mm512_slli_epi32(r[s / 2], 16 - 16 * (s % 2)), 24);
-    }
-  }
 };
 
 #pragma GCC diagnostic pop
@@ -318,17 +291,6 @@ inline void prefetch_next_group(const uint8_t* row0, size_t rb, size_t off, size
   const uint8_t* next = row0 + kRows * rb;
   for (size_t o = (kRows * off) & ~size_t(63); o < kRows * (off + step); o += 64)
     asm volatile("prefetcht1 (%0)" : : "r"(next + o));
-}
-
-// The packed path's prefetch, for Q6_K decode (whose groups stream faster this way: measured,
-// bench_matmul Q6_K 1 token, 2 threads, 35-41 GB/s typical against 23-25 with
-// prefetch_next_group): bytes at byte offset o of each of the 16 rows into L1, or where o is past
-// the row's end, o - rb of the next group's rows. (Prefetches do not fault: past W's end is harmless.)
-inline void prefetch_rows_ahead(const uint8_t* const* rows, size_t rb, size_t o, size_t bytes) {
-  size_t step = 0;
-  if (o >= rb) o -= rb, step = kRows * rb;
-  for (int r = 0; r < kRows; ++r)
-    for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(rows[r] + step + o + i), _MM_HINT_T0);
 }
 
 // ================================ per-block steps ================================================

@@ -4,15 +4,17 @@
 //
 // No packing. Per thread, per group of 16 rows, the accumulators stay in registers while the
 // group's blocks are walked in order straight from W: the same loaders that feed the packers build
-// each block's transposed quants in registers (Q6_K: AVX2 combines each row's low and high bits
-// before the transpose, a block at a time; AVX-512 transposes a half super-block's ql and qh once
-// and combines them lane-wise, q6_K_sums), the scales and d's come from the 16 rows' block
+// each block's transposed quants in registers, the scales and d's come from the 16 rows' block
 // headers transposed in registers (AVX-512, but Q8_0 gathers its d's; AVX2 goes through small
-// buffers), and the same per-block step as the micro-kernels (vnni_block /
-// avx2_block) adds the block. While a group runs, the next group (16 contiguous rows) is
-// prefetched into L2 in step with it (AVX-512 Q6_K: each row 3 super-blocks ahead into L1, see
-// prefetch_rows_ahead). Each output is the same chain of blocks as in the packed path, so the
-// bits are the same.
+// buffers), and the same per-block step as the micro-kernels (vnni_block / avx2_block) adds the
+// block. While a group runs, the next group (16 contiguous rows) is prefetched into L2 in step
+// with it. Each output is the same chain of blocks as in the packed path, so the bits are the
+// same.
+//
+// Q6_K has no decode kernel: the packed path is faster for it at every token count. Measured
+// (quiet machine, 2 threads) against an in-place Q6_K kernel (commit 83b4ba7): bench_matmul
+// 1 token 47-48 against 43-44 GB/s (up shape), 4-8 tokens 412-591 against 304-354 GFLOP/s;
+// tg32 on the Q4_K_M slice 79.0-79.4 against 68.9-75.4 tok/s.
 //
 // No fused multiply-add contraction in this file: dw * dx is rounded before its FMA.
 #if defined(__clang__)
@@ -41,52 +43,6 @@ namespace {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
 #pragma GCC diagnostic ignored "-Wuninitialized"
-
-// Q6_K on AVX-512, a half super-block at a time: its ql and qh are transposed once each (three
-// transposes for four activation blocks) and each block's quants combined lane-wise from them.
-// The blocks' exact integer sums may be formed in any order; only their adds to f keep the
-// contract's order (block q = 2 is summed while ql[0..32) is loaded, and added after q = 1).
-//
-// I[t] = i0 * sum_lo + i1 * sum_hi of activation block q of the half (Q6_KPolicy's I) from the
-// transposed ql (its 32 bytes that hold q) and qh; x[t] = token t's XBlock of the block.
-template <int Q, int NT>
-[[gnu::always_inline]] inline void q6_K_sums(const __m512i ql[8], const __m512i qh[8], __m512i i0, __m512i i1,
-                                             const XBlock* x, __m512i I[NT]) {
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
-  auto quant = [&](int k) {  // (ql nibble Q/2) | ((qh >> 2Q) & 3) << 4
-    const __m512i lo = Q >= 2 ? _mm512_srli_epi16(ql[k], 4) : ql[k];
-    const __m512i hi = Q == 0 ? _mm512_slli_epi16(qh[k], 4)
-                       : Q == 1 ? _mm512_slli_epi16(qh[k], 2)
-                       : Q == 2 ? qh[k]
-                                : _mm512_srli_epi16(qh[k], 2);
-    return _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_and_si512(hi, m2));
-  };
-  __m512i lo[NT], hi[NT];
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) {
-    lo[t] = _mm512_set1_epi32(Q6_KPolicy::corr_lo(x[t]));
-    hi[t] = _mm512_set1_epi32(Q6_KPolicy::corr_hi(x[t]));
-  }
-#pragma GCC unroll 4
-  for (int k = 0; k < 4; ++k) {
-    const __m512i wl = quant(k), wh = quant(k + 4);
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      lo[t] = _mm512_dpbusd_epi32(lo[t], wl, _mm512_set1_epi32(dword_at(x[t].qs + 4 * k)));
-      hi[t] = _mm512_dpbusd_epi32(hi[t], wh, _mm512_set1_epi32(dword_at(x[t].qs + 16 + 4 * k)));
-    }
-  }
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) I[t] = _mm512_add_epi32(_mm512_mullo_epi32(lo[t], i0), _mm512_mullo_epi32(hi[t], i1));
-}
-
-// f[t] = fma(float(I[t]), dw * dx, f[t]): vnni_block's last step.
-template <int NT>
-[[gnu::always_inline]] inline void add_sums(const __m512i I[NT], __m512 dw, const XBlock* x, __m512 f[NT]) {
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t)
-    f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[t]), _mm512_mul_ps(dw, _mm512_set1_ps(x[t].d)), f[t]);
-}
 
 template <class P, int NT>
 struct Vnni512Decode {
@@ -128,32 +84,6 @@ struct Vnni512Decode {
             s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd[0]));
           }
           vnni_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f);
-        }
-      } else if constexpr (std::is_same_v<P, Q6_KPolicy>) {
-        for (int64_t j = 0; j < nb; j += 8) {
-          const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
-          prefetch_rows_ahead(rows, rb, off + 3 * sizeof(BlockQ6_K), sizeof(BlockQ6_K));
-          __m512i i0[8], i1[8];
-          Avx512Loaders::q6_K_scale_regs(rows, off, i0, i1);
-          __m512i hd[4];  // the 16 bytes that end with d: hd[3] = scales[14..16) | d << 16
-          Avx512Loaders::rows16x16(rows, off + offsetof(BlockQ6_K, d) - 14, hd);
-          const __m512 s0 = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(hd[3], 16)));
-          for (int half = 0; half < 2; ++half) {  // activation blocks s = 4·half + q
-            const int s = 4 * half;
-            const XBlock* x = xb + (j + s) * NT;
-            __m512i hb[8], ql[8], I[NT], I2[NT];
-            Avx512Loaders::rows16x32(rows, off + offsetof(BlockQ6_K, qh) + 32 * half, hb);
-            Avx512Loaders::rows16x32(rows, off + 64 * half, ql);  // ql[64·half ..): q = 0, 2
-            q6_K_sums<0, NT>(ql, hb, i0[s], i1[s], x, I);
-            add_sums<NT>(I, s0, x, f);
-            q6_K_sums<2, NT>(ql, hb, i0[s + 2], i1[s + 2], x + 2 * NT, I2);  // added after q = 1
-            Avx512Loaders::rows16x32(rows, off + 64 * half + 32, ql);  // ql[64·half + 32 ..): q = 1, 3
-            q6_K_sums<1, NT>(ql, hb, i0[s + 1], i1[s + 1], x + NT, I);
-            add_sums<NT>(I, s0, x + NT, f);
-            add_sums<NT>(I2, s0, x + 2 * NT, f);
-            q6_K_sums<3, NT>(ql, hb, i0[s + 3], i1[s + 3], x + 3 * NT, I);
-            add_sums<NT>(I, s0, x + 3 * NT, f);
-          }
         }
       } else {  // Q4_K
         for (int64_t j = 0; j < nb; j += 8) {
@@ -219,29 +149,6 @@ struct Avx2Decode {
             avx2_block<P, NT>(w, s0, zf, zi, zi, xb + j * NT, f, h);
           }
         }
-      } else if constexpr (std::is_same_v<P, Q6_KPolicy>) {
-        for (int64_t j = 0; j < nb; j += 8) {
-          const size_t off = size_t(j / 8) * sizeof(BlockQ6_K);
-          prefetch_next_group(rows[0], rb, off, sizeof(BlockQ6_K));
-          alignas(64) Packed sc[8];
-          q6_K_scales(rows, off, sc);
-          auto add = [&]<int Q>(int half) {  // activation block s = 4·half + Q
-            const int s = 4 * half + Q;
-            for (int h = 0; h < 2; ++h) {
-              __m256i w[8];
-              Avx2Loaders::w_q6_K<Q>(rows, off, half, h, w);
-              const __m256 s0 = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(sc[0].d16 + 8 * h)));
-              avx2_block<P, NT>(w, s0, zf, _mm256_load_si256(reinterpret_cast<const __m256i*>(sc[s].i0 + 8 * h)),
-                                _mm256_load_si256(reinterpret_cast<const __m256i*>(sc[s].i1 + 8 * h)), xb + (j + s) * NT, f, h);
-            }
-          };
-          for (int half = 0; half < 2; ++half) {
-            add.template operator()<0>(half);
-            add.template operator()<1>(half);
-            add.template operator()<2>(half);
-            add.template operator()<3>(half);
-          }
-        }
       } else {  // Q4_K
         for (int64_t j = 0; j < nb; j += 8) {
           const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
@@ -292,10 +199,10 @@ DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {
   constexpr auto nt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
   static const std::array<DecodeFn, kDecodeMaxTokens> kVnni512[] = {
       decode_fns<Vnni512Decode, Q8_0Policy>(nt), decode_fns<Vnni512Decode, Q4_0Policy>(nt),
-      decode_fns<Vnni512Decode, Q4_KPolicy>(nt), decode_fns<Vnni512Decode, Q6_KPolicy>(nt)};
+      decode_fns<Vnni512Decode, Q4_KPolicy>(nt), {} /* Q6_K: the packed path */};
   static const std::array<DecodeFn, kDecodeMaxTokens> kAvx2[] = {
       decode_fns<Avx2Decode, Q8_0Policy>(nt), decode_fns<Avx2Decode, Q4_0Policy>(nt),
-      decode_fns<Avx2Decode, Q4_KPolicy>(nt), decode_fns<Avx2Decode, Q6_KPolicy>(nt)};
+      decode_fns<Avx2Decode, Q4_KPolicy>(nt), {} /* Q6_K */};
   int type = -1;
   switch (t) {
     case DType::Q8_0: type = 0; break;
