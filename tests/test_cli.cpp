@@ -288,6 +288,17 @@ TEST(Cli, BenchJsonForm) {
   const Result t = run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "40", "-n", "4", "-r", "1", "-o", "json", "-f", text});
   ASSERT_EQ(t.status, 0) << t.err;
   EXPECT_EQ(nlohmann::json::parse(t.out)[0]["tokens"], text);
+  // --measure-limits: the ceiling is the higher probe, and the probes' 1 GiB buffer stays out
+  // of the peak RSS (the tiny model needs a few MB).
+  const Result m = run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "0", "-n", "4", "-r", "1", "-o", "json",
+                        "--measure-limits"});
+  ASSERT_EQ(m.status, 0) << m.err;
+  const auto lim = nlohmann::json::parse(m.out)[0];
+  const double after = lim["read_bandwidth_after_gbs"].get<double>();
+  const double before = lim.value("read_bandwidth_before_gbs", 0.0);
+  EXPECT_GT(after, 0);
+  EXPECT_EQ(lim["read_bandwidth_gbs"].get<double>(), std::max(before, after));
+  EXPECT_LT(lim["peak_rss_gib"].get<double>(), 0.5);
 }
 
 // --memory-budget: the stable bench form carries the cache's figures; generate gives the same

@@ -64,4 +64,11 @@ uint64_t memory_available() { return proc_kb("/proc/meminfo", "MemAvailable"); }
 uint64_t resident_bytes() { return proc_kb("/proc/self/status", "VmRSS"); }
 uint64_t peak_resident_bytes() { return proc_kb("/proc/self/status", "VmHWM"); }
 
+bool reset_peak_resident() {
+  std::FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (!f) return false;
+  const bool ok = std::fputs("5", f) >= 0;
+  return std::fclose(f) == 0 && ok;
+}
+
 }  // namespace mixtral

@@ -14,5 +14,8 @@ std::string format_size(uint64_t bytes);  // "1.50 GiB", "300.0 MiB"
 uint64_t memory_available();  // MemAvailable from /proc/meminfo (0 when unknown)
 uint64_t resident_bytes();     // VmRSS of this process
 uint64_t peak_resident_bytes();  // VmHWM of this process
+// Sets VmHWM back to the current VmRSS (Linux: "5" to /proc/self/clear_refs); false when the
+// kernel refuses it.
+bool reset_peak_resident();
 
 }  // namespace mixtral
