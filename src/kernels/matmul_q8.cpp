@@ -288,25 +288,10 @@ struct Vnni512 {
       for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(&p.q[k][0][0]);
       const __m512 s0 = P::kHalfScale ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.d16)))
                                       : _mm512_load_ps(p.s0);
-      const XBlock* xj = xb + j * xs;
-#pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) {
-        const XBlock& x = xj[t];
-        __m512i lo = _mm512_set1_epi32(P::corr_lo(x)), hi = _mm512_set1_epi32(P::corr_hi(x));
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; ++k) {
-          lo = _mm512_dpbusd_epi32(lo, w[k], _mm512_set1_epi32(dword_at(x.qs + 4 * k)));
-          hi = _mm512_dpbusd_epi32(hi, w[k + 4], _mm512_set1_epi32(dword_at(x.qs + 16 + 4 * k)));
-        }
-        __m512i I;
-        if constexpr (P::kHalves)
-          I = _mm512_add_epi32(_mm512_mullo_epi32(lo, _mm512_load_si512(p.i0)),
-                               _mm512_mullo_epi32(hi, _mm512_load_si512(p.i1)));
-        else
-          I = _mm512_add_epi32(lo, hi);
-        f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(s0, _mm512_set1_ps(x.d)), f[t]);
-        if constexpr (P::kMin) f[t] = _mm512_fmadd_ps(_mm512_load_ps(p.s1), _mm512_set1_ps(x.dsum), f[t]);
-      }
+      const __m512 s1 = P::kMin ? _mm512_load_ps(p.s1) : _mm512_setzero_ps();
+      const __m512i i0 = P::kHalves ? _mm512_load_si512(p.i0) : _mm512_setzero_si512();
+      const __m512i i1 = P::kHalves ? _mm512_load_si512(p.i1) : _mm512_setzero_si512();
+      vnni_block<P, NT>(w, s0, s1, i0, i1, xb + j * xs, f);
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(acc + t * kRows, f[t]);
