@@ -24,7 +24,7 @@ struct ServeFlags {
   int64_t max_queue = 64;
   size_t max_body = 8u << 20;
   int64_t kv_blocks = 0, block_size = 16;
-  int64_t prefill_chunk = 32;
+  int64_t prefill_chunk = EngineOptions{}.prefill_chunk;
   double grace = 5;
   int timeout = 60;
   int http_threads = 0;

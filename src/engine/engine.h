@@ -33,7 +33,7 @@ struct EngineOptions {
   int64_t step_tokens = 256;   // most tokens per forward step (decode tokens + prefill chunks)
   // Most prompt tokens per step while any sequence is decoding (0: step_tokens bounds them). Each
   // prompt token in a decode step adds to every running stream's inter-token latency.
-  int64_t prefill_chunk = 0;
+  int64_t prefill_chunk = 32;
   int64_t max_queue = 64;      // waiting requests beyond which submit() refuses
   int n_threads = 0;           // 0: all cores
 };
@@ -110,9 +110,8 @@ struct EngineMetrics {
   uint64_t prompt_tokens = 0, generated_tokens = 0, cached_prompt_tokens = 0;
   int64_t queue_length = 0, running = 0;
   int64_t kv_blocks_total = 0, kv_blocks_used = 0, kv_blocks_free = 0;
-  uint64_t steps = 0;
   Histogram ttft, itl;                             // time to first token, inter-token latency
-  Histogram step;                                  // duration of each forward step
+  Histogram step;                                  // duration of each forward step (count: steps run)
   std::vector<std::vector<uint64_t>> expert_tokens;  // [layer][expert]: tokens routed (all ranks)
   std::optional<ExpertCacheStats> expert_cache;      // offloaded experts only
   int64_t expert_cache_slots = 0;

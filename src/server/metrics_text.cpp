@@ -64,7 +64,7 @@ std::string render_metrics(const EngineMetrics& m, const HttpCounts& http) {
       {"mixtral_kv_blocks_total", "gauge", "KV-cache blocks in the pool.", double(m.kv_blocks_total)},
       {"mixtral_kv_blocks_used", "gauge", "KV-cache blocks held by running sequences.", double(m.kv_blocks_used)},
       {"mixtral_kv_blocks_free", "gauge", "KV-cache blocks free (cached prefixes included).", double(m.kv_blocks_free)},
-      {"mixtral_engine_steps_total", "counter", "Forward steps the engine ran.", double(m.steps)},
+      {"mixtral_engine_steps_total", "counter", "Forward steps the engine ran.", double(m.step.count)},
   };
   std::string out;
   const auto render = [&](const Scalar& s) {
