@@ -39,7 +39,7 @@
 namespace mixtral {
 namespace {
 
-using namespace kernel_util;  // kLanes, reduce16, Scratch
+using namespace kernel_util;  // kLanes, reduce16, Scratch, prefetch_l1
 
 constexpr int64_t kStep = 32;        // columns per dot-product step (16 lanes × 2)
 constexpr int64_t kTileRows = 16;    // rows per tile; threads get multiples of this many rows
@@ -54,10 +54,6 @@ constexpr int64_t kDecodeMaxTokens = 4;  // dot_rows_decode up to this many toke
 // Decode: how many bytes of bf16 activations (all tokens) may stay in L1 beside the streamed
 // weights for one row per block (see dot_rows_decode).
 constexpr int64_t kDecodeL1Bytes = 16 * 1024;
-
-// Prefetch of the 64 bytes at p into every cache level. (asm: GCC may delete a call to a
-// function whose only effect is __builtin_prefetch.)
-inline void prefetch_line(const uint8_t* p) { asm volatile("prefetcht0 (%0)" : : "r"(p)); }
 
 // Micro-kernel: acc(r, t) += W[r][0..n) · x[t][0..n) in the order of matmul_bf16.h, for r < R,
 // t < T. w: the chunk's first weight of row 0, w_stride bytes from row to row; x: bf16 rows
@@ -137,7 +133,7 @@ struct DotBf16 {
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         _mm_prefetch(reinterpret_cast<const char*>(w + r * ws + 2 * k + kPrefetchBytes), _MM_HINT_T0);
-        if (pf) prefetch_line(pf + R * 2 * k + r * 64);
+        if (pf) prefetch_l1(pf + R * 2 * k + r * 64);
         wv[r] = load_w(w + r * ws, k);
       }
       step(wv, k);
@@ -196,7 +192,7 @@ struct Emu512 {
       __m512i wv[R];
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        if (pf) prefetch_line(pf + R * 2 * k + r * 64);
+        if (pf) prefetch_l1(pf + R * 2 * k + r * 64);
         wv[r] = load_w(w + r * ws, k);
       }
       step(wv, k);
@@ -253,7 +249,7 @@ struct Emu256 {
         __m256i wv[R];
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
-          if (pf && h == 0) prefetch_line(pf + R * 2 * k + r * 64);  // 64 bytes: both halves' 32 columns
+          if (pf && h == 0) prefetch_l1(pf + R * 2 * k + r * 64);  // 64 bytes: both halves' 32 columns
           wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(w + r * ws) + k));
         }
         step(wv, k);

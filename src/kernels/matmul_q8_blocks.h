@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "core/tensor.h"
+#include "kernels/kernel_util.h"
 #include "kernels/matmul_q8.h"
 #include "quant/blocks.h"
 
@@ -286,11 +287,10 @@ constexpr int kAvx2DecodeMaxTokens = 4;
 // advances the rows by `step` bytes from `off` prefetches the next 16·step bytes of that run into
 // L2 (prefetcht1), so the next group is in L2 when it starts. Measured on Zen 5 (2 threads, decode):
 // 67-73 GB/s for Q8_0 / Q4_K; prefetching each row 256-1024 bytes ahead into L1 gave 57-69.
-// (asm: GCC deletes a call to a function whose only effects are __builtin_prefetch.)
 inline void prefetch_next_group(const uint8_t* row0, size_t rb, size_t off, size_t step) {
   const uint8_t* next = row0 + kRows * rb;
   for (size_t o = (kRows * off) & ~size_t(63); o < kRows * (off + step); o += 64)
-    asm volatile("prefetcht1 (%0)" : : "r"(next + o));
+    kernel_util::prefetch_l2(next + o);
 }
 
 // ================================ per-block steps ================================================
