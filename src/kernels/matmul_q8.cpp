@@ -395,7 +395,7 @@ void matmul_q8_rows(const Matrix& W, const XBlock* xb, int64_t n_tokens, float* 
     for (int64_t g = r0; g < r1; g += kRows) {
       const int64_t nr = std::min<int64_t>(kRows, r1 - g);
       const uint8_t* rows[kRows];
-      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min<int64_t>(r, nr - 1));
+      group_rows(W, g, nr, rows);
       std::memset(acc, 0, sizeof(float) * size_t(nt * kRows));
       for (int64_t c = 0; c < nb; c += kChunk) {
         const int64_t nc = std::min(kChunk, nb - c);

@@ -7,6 +7,7 @@
 #pragma once
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -19,6 +20,12 @@
 namespace mixtral::q8 {
 
 constexpr int kRows = 16;                // rows per group (the lanes of one accumulator)
+
+// The kRows rows of the group starting at row g, of which nr exist: the missing ones repeat the
+// last (their lanes are computed and never stored).
+inline void group_rows(const Matrix& W, int64_t g, int64_t nr, const uint8_t* rows[kRows]) {
+  for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min<int64_t>(r, nr - 1));
+}
 
 inline int32_t dword_at(const int8_t* p) {
   int32_t v;

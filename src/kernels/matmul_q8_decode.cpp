@@ -54,7 +54,7 @@ struct Vnni512Decode {
     for (int64_t g = r0; g < r1; g += kRows) {
       const int nr = int(std::min<int64_t>(kRows, r1 - g));
       const uint8_t* rows[kRows];
-      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min(r, nr - 1));
+      group_rows(W, g, nr, rows);
       __m512 f[NT];
 #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) f[t] = zf;
@@ -130,7 +130,7 @@ struct Avx2Decode {
     for (int64_t g = r0; g < r1; g += kRows) {
       const int nr = int(std::min<int64_t>(kRows, r1 - g));
       const uint8_t* rows[kRows];
-      for (int r = 0; r < kRows; ++r) rows[r] = W.row(g + std::min(r, nr - 1));
+      group_rows(W, g, nr, rows);
       __m256 f[NT][2];
       for (int t = 0; t < NT; ++t) f[t][0] = f[t][1] = zf;
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
