@@ -13,8 +13,6 @@
 // GFLOP/s counts 2·N·K·tokens; GB/s counts the weight bytes read once (x and y are small). Each
 // call reads a different copy of W (512 MB in all, in huge pages as the model's weights), so the
 // weights come from memory, as in decode.
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -25,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "core/memory.h"
 #include "core/tensor.h"
 #include "core/thread_pool.h"
 #include "kernels/dequant.h"
@@ -65,29 +64,6 @@ double time_it(F fn, int min_reps = 5, double min_seconds = 0.5) {
   }
   return *std::min_element(t.begin(), t.end());
 }
-
-// The weights in anonymous memory with transparent huge pages, as the model holds them when it
-// reads the files into memory (--no-mmap): with 4 KB pages the TLB misses change the picture.
-class WeightBuffer {
- public:
-  explicit WeightBuffer(size_t n) : n_(n) {
-    void* p = ::mmap(nullptr, n_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      std::fprintf(stderr, "cannot allocate %zu bytes\n", n_);
-      std::exit(1);
-    }
-    ::madvise(p, n_, MADV_HUGEPAGE);
-    p_ = static_cast<uint8_t*>(p);
-  }
-  ~WeightBuffer() { ::munmap(p_, n_); }
-  WeightBuffer(const WeightBuffer&) = delete;
-  WeightBuffer& operator=(const WeightBuffer&) = delete;
-  uint8_t* data() { return p_; }
-
- private:
-  size_t n_;
-  uint8_t* p_;
-};
 
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
@@ -179,7 +155,7 @@ int main(int argc, char** argv) {
       // report more than the memory's bandwidth).
       const size_t bytes = rb * size_t(N);
       const size_t n_copies = std::max<size_t>(2, (kColdBytes + bytes - 1) / bytes);
-      WeightBuffer w(n_copies * bytes);
+      HugePageBuffer w(n_copies * bytes, "bench_matmul");  // as the model holds weights read into memory
       pool.parallel_for(N, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) quantize_row(t, src.data() + r * K, w.data() + rb * size_t(r), K);
       });

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/memory.h"
 
 namespace mixtral {
 
@@ -22,12 +23,11 @@ MappedFile::MappedFile(const std::string& path, bool in_memory) : path_(path) {
   }
   size_ = size_t(st.st_size);
   if (size_ > 0 && in_memory) {
-    void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
+    uint8_t* p = map_huge_pages(size_);
+    if (!p) {
       ::close(fd);
       fail(path, "cannot allocate " + std::to_string(size_ >> 20) + " MiB to read the file into memory");
     }
-    ::madvise(p, size_, MADV_HUGEPAGE);
     size_t done = 0;
     while (done < size_) {
       const ssize_t n = ::read(fd, static_cast<uint8_t*>(p) + done, size_ - done);

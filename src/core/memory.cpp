@@ -1,5 +1,7 @@
 #include "core/memory.h"
 
+#include <sys/mman.h>
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -63,6 +65,19 @@ uint64_t proc_kb(const char* path, const char* key) {
 uint64_t memory_available() { return proc_kb("/proc/meminfo", "MemAvailable"); }
 uint64_t resident_bytes() { return proc_kb("/proc/self/status", "VmRSS"); }
 uint64_t peak_resident_bytes() { return proc_kb("/proc/self/status", "VmHWM"); }
+
+uint8_t* map_huge_pages(size_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  ::madvise(p, bytes, MADV_HUGEPAGE);
+  return static_cast<uint8_t*>(p);
+}
+
+HugePageBuffer::HugePageBuffer(size_t bytes, const std::string& what) : p_(map_huge_pages(bytes)), n_(bytes) {
+  if (!p_) fail(what, "cannot reserve " + format_size(bytes) + " of memory");
+}
+
+HugePageBuffer::~HugePageBuffer() { ::munmap(p_, n_); }
 
 bool reset_peak_resident() {
   std::FILE* f = std::fopen("/proc/self/clear_refs", "w");

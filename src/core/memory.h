@@ -18,4 +18,24 @@ uint64_t peak_resident_bytes();  // VmHWM of this process
 // kernel refuses it.
 bool reset_peak_resident();
 
+// Anonymous read-write memory with transparent huge pages asked for (MADV_HUGEPAGE): how the
+// weights read into memory, the expert slots and the benchmarks' weights are held. nullptr when
+// the kernel refuses; release with munmap(p, bytes).
+uint8_t* map_huge_pages(size_t bytes);
+
+// map_huge_pages as an owner; throws Error naming `what` when the memory cannot be had.
+class HugePageBuffer {
+ public:
+  HugePageBuffer(size_t bytes, const std::string& what);
+  ~HugePageBuffer();
+  HugePageBuffer(const HugePageBuffer&) = delete;
+  HugePageBuffer& operator=(const HugePageBuffer&) = delete;
+  uint8_t* data() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  uint8_t* p_ = nullptr;
+  size_t n_ = 0;
+};
+
 }  // namespace mixtral

@@ -58,13 +58,9 @@ ExpertCache::ExpertCache(std::vector<std::string> files, std::vector<std::vector
   for (const auto& layer : where_)
     for (const auto& loc : layer) slot_bytes_ = std::max(slot_bytes_, slot_bytes(loc));
   const int64_t n_slots = std::min<int64_t>(options_.n_slots, n_layers_ * n_experts_);
-  pool_bytes_ = slot_bytes_ * size_t(n_slots);
-  void* p = ::mmap(nullptr, pool_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) fail("--memory-budget", "cannot reserve " + std::to_string(pool_bytes_) + " bytes for expert slots");
-  ::madvise(p, pool_bytes_, MADV_HUGEPAGE);
-  pool_ = static_cast<uint8_t*>(p);
+  pool_ = std::make_unique<HugePageBuffer>(slot_bytes_ * size_t(n_slots), "--memory-budget (expert slots)");
   slots_.resize(size_t(n_slots));
-  for (int64_t i = 0; i < n_slots; ++i) slots_[size_t(i)].base = pool_ + size_t(i) * slot_bytes_;
+  for (int64_t i = 0; i < n_slots; ++i) slots_[size_t(i)].base = pool_->data() + size_t(i) * slot_bytes_;
   entries_.resize(size_t(n_layers_ * n_experts_));
   used_now_.resize(size_t(n_layers_));
   used_before_.resize(size_t(n_layers_));
@@ -78,7 +74,6 @@ ExpertCache::~ExpertCache() {
   }
   io_wake_.notify_all();
   for (auto& t : io_threads_) t.join();
-  if (pool_) ::munmap(pool_, pool_bytes_);
 }
 
 double ExpertCache::decayed_count(const Entry& en) const {

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "core/direct_file.h"
+#include "core/memory.h"
 #include "model/weights.h"
 
 namespace mixtral {
@@ -87,7 +88,7 @@ class ExpertCache {
   // Bytes of one slot (the three matrices, each widened to direct-read alignment).
   static size_t slot_bytes(const ExpertLocation& any);
   int64_t n_slots() const { return int64_t(slots_.size()); }
-  size_t pool_bytes() const { return pool_bytes_; }
+  size_t pool_bytes() const { return pool_->size(); }
   const ExpertCacheOptions& options() const { return options_; }
 
   // Fills every slot before the first token (experts of every layer in turn, so each layer
@@ -143,8 +144,8 @@ class ExpertCache {
   std::vector<std::unique_ptr<DirectFile>> files_;
   std::vector<std::vector<ExpertLocation>> where_;
   int64_t n_layers_ = 0, n_experts_ = 0;
-  size_t slot_bytes_ = 0, pool_bytes_ = 0;
-  uint8_t* pool_ = nullptr;
+  size_t slot_bytes_ = 0;
+  std::unique_ptr<HugePageBuffer> pool_;  // the slots, slot_bytes_ apart
 
   mutable std::mutex mu_;
   std::condition_variable io_wake_;    // loads queued, a slot freed, or stop
