@@ -282,9 +282,10 @@ struct Avx512Loaders {
 // ================================ decode: shared =================================================
 
 using DecodeFn = void (*)(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1);
-// Up to 8 tokens the in-place kernels beat the packed path (bench_matmul, Q8_0 up shape, 2
-// threads, Zen 5: 5 tokens 457 -> 647 GFLOP/s, 8 tokens 629 -> 870; the packed path gave 866 at
-// 16 tokens). The server's 16-stream step gives most experts 2-8 tokens. AVX2 keeps 4: its 16
+// Up to 8 tokens the in-place kernels beat the packed path (bench_matmul --shapes up, 2 threads,
+// Zen 5, GFLOP/s packed -> in place: 5 tokens Q8_0 296-421 -> 442-597, Q4_0 525-536 -> 753,
+// Q4_K 571-577 -> 650-676; 8 tokens Q8_0 448-460 -> 621-646, Q4_0 707-716 -> 981-992, Q4_K
+// 734-758 -> 832-846; the packed path gives 790-980 at 16 tokens). The server's 16-stream step gives most experts 2-8 tokens. AVX2 keeps 4: its 16
 // registers hold no more accumulators.
 constexpr int kDecodeMaxTokens = 8;
 constexpr int kAvx2DecodeMaxTokens = 4;
