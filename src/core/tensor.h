@@ -11,18 +11,28 @@
 
 namespace mixtral {
 
+// How a Matrix's bytes are ordered. Rows: row r's blocks at row(r), as checkpoint files store
+// them. Tiles16: each full group of 16 rows is stored in the order the int8 kernels read it
+// (kernels/weight_tiles.h), in the same bytes the group takes as rows; the rows after the last
+// full group (rows % 16) stay as rows, so row(r) is still right for them.
+enum class Layout : uint8_t { Rows, Tiles16 };
+
 struct Matrix {
   DType dtype = DType::F32;
   int64_t rows = 0;
   int64_t cols = 0;
   const uint8_t* data = nullptr;
+  Layout layout = Layout::Rows;
 
   bool empty() const { return data == nullptr; }
   size_t row_bytes() const { return mixtral::row_bytes(dtype, cols); }
   size_t bytes() const { return row_bytes() * size_t(rows); }
+  // Row r's bytes in Rows layout; for Tiles16 the start of r's group of 16 (r a multiple of 16)
+  // or a trailing row.
   const uint8_t* row(int64_t r) const { return data + size_t(r) * row_bytes(); }
-  // Rows [first, first + n) as a matrix of their own (no copy).
-  Matrix slice_rows(int64_t first, int64_t n) const { return {dtype, n, cols, row(first)}; }
+  // Rows [first, first + n) as a matrix of their own (no copy). Tiles16: first must be a multiple
+  // of 16 and n too, unless the slice runs to the last row (weight_tiles.h checks users' slices).
+  Matrix slice_rows(int64_t first, int64_t n) const { return {dtype, n, cols, row(first), layout}; }
 };
 
 // A tensor as a checkpoint file stores it: shape outermost first (PyTorch order; GGUF's ne is

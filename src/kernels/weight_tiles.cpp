@@ -1,0 +1,159 @@
+// Scalar tiling and untiling (the format: weight_tiles.h). Load time runs this once per weight;
+// the kernels only read tiles.
+#include "kernels/weight_tiles.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "quant/blocks.h"
+
+namespace mixtral {
+namespace {
+
+constexpr int kR = int(kTileRows);
+
+// The bytes of a block that tiles move unchanged (but for Q8_0's + 128): f(src, tile, n, flip)
+// for each piece of n bytes at offset src of row r's block and offset tile of its block tile.
+template <class F>
+void for_each_piece(DType t, int r, F&& f) {
+  switch (t) {
+    case DType::Q8_0:
+      f(0, 2 * r, 2, false);
+      for (int k = 0; k < 8; ++k) f(2 + 4 * k, 32 + 64 * k + 4 * r, 4, true);
+      break;
+    case DType::Q4_0:
+      f(0, 2 * r, 2, false);
+      for (int k = 0; k < 4; ++k) f(2 + 4 * k, 32 + 64 * k + 4 * r, 4, false);
+      break;
+    case DType::Q4_K:
+      for (int k = 0; k < 4; ++k) f(4 * k, 64 * k + 4 * r, 4, false);
+      for (int g = 0; g < 4; ++g)
+        for (int k = 0; k < 8; ++k) f(16 + 32 * g + 4 * k, 256 + 512 * g + 64 * k + 4 * r, 4, false);
+      break;
+    case DType::Q6_K:  // d and scales; the quants are rearranged (q6_K_values)
+      f(offsetof(BlockQ6_K, d), 2 * r, 2, false);
+      for (int k = 0; k < 4; ++k) f(offsetof(BlockQ6_K, scales) + 4 * k, 32 + 64 * k + 4 * r, 4, false);
+      break;
+    default: break;
+  }
+}
+
+// Q6_K: where the 32 values of 32-column block b live in a block tile (row r).
+constexpr size_t q6_lo(int b, int k, int r) { return 288 + 384 * size_t(b) + 64 * size_t(k) + 4 * size_t(r); }
+constexpr size_t q6_hi(int b, int h, int r) { return q6_lo(b, 4 + h, r); }
+
+// Value i (< 32) of 32-column block b (< 8) of a Q6_K block: the 6-bit quant, 0..63.
+int q6_value(const BlockQ6_K& blk, int b, int i) {
+  const int h = b / 4, q = b % 4;
+  const int low4 = (blk.ql[64 * h + 32 * (q % 2) + i] >> (4 * (q / 2))) & 0xF;
+  const int high2 = (blk.qh[32 * h + i] >> (2 * q)) & 3;
+  return low4 | (high2 << 4);
+}
+
+void tile_q6_values(const uint8_t* src, int r, uint8_t* tile) {
+  const auto& blk = *reinterpret_cast<const BlockQ6_K*>(src);
+  for (int b = 0; b < 8; ++b) {
+    int v[32];
+    for (int i = 0; i < 32; ++i) v[i] = q6_value(blk, b, i);
+    for (int k = 0; k < 4; ++k)
+      for (int i = 0; i < 4; ++i) tile[q6_lo(b, k, r) + size_t(i)] = uint8_t((v[4 * k + i] & 15) | (v[16 + 4 * k + i] & 15) << 4);
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < 4; ++i) {
+        int bits = 0;
+        for (int m = 0; m < 4; ++m) bits |= (v[4 * (4 * h + m) + i] >> 4) << (2 * m);
+        tile[q6_hi(b, h, r) + size_t(i)] = uint8_t(bits);
+      }
+  }
+}
+
+void untile_q6_values(const uint8_t* tile, int r, uint8_t* dst) {
+  auto& blk = *reinterpret_cast<BlockQ6_K*>(dst);
+  std::memset(blk.ql, 0, sizeof blk.ql);
+  std::memset(blk.qh, 0, sizeof blk.qh);
+  for (int b = 0; b < 8; ++b) {
+    const int h = b / 4, q = b % 4;
+    for (int j = 0; j < 32; ++j) {  // value j = 4k + i
+      const int k = j / 4, i = j % 4;
+      const int low4 = (tile[q6_lo(b, k % 4, r) + size_t(i)] >> (4 * (k / 4))) & 15;
+      const int high2 = (tile[q6_hi(b, k / 4, r) + size_t(i)] >> (2 * (k % 4))) & 3;
+      blk.ql[64 * h + 32 * (q % 2) + j] |= uint8_t(low4 << (4 * (q / 2)));
+      blk.qh[32 * h + j] |= uint8_t(high2 << (2 * q));
+    }
+  }
+}
+
+void tile_block(DType t, const uint8_t* src, int r, uint8_t* tile) {
+  for_each_piece(t, r, [&](size_t s, size_t d, size_t n, bool flip) {
+    for (size_t i = 0; i < n; ++i) tile[d + i] = uint8_t(src[s + i] ^ (flip ? 0x80 : 0));
+  });
+  if (t == DType::Q6_K) tile_q6_values(src, r, tile);
+}
+
+void untile_block(DType t, const uint8_t* tile, int r, uint8_t* dst) {
+  for_each_piece(t, r, [&](size_t s, size_t d, size_t n, bool flip) {
+    for (size_t i = 0; i < n; ++i) dst[s + i] = uint8_t(tile[d + i] ^ (flip ? 0x80 : 0));
+  });
+  if (t == DType::Q6_K) untile_q6_values(tile, r, dst);
+}
+
+}  // namespace
+
+bool tileable(DType t) {
+  return t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::Q6_K;
+}
+
+namespace tiles {
+
+void tile_group(DType t, const uint8_t* rows, size_t row_bytes, uint8_t* out) {
+  const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb;
+  for (size_t j = 0; j < nb; ++j)
+    for (int r = 0; r < kR; ++r) tile_block(t, rows + size_t(r) * row_bytes + j * bb, r, out + j * kR * bb);
+}
+
+void untile_row(DType t, const uint8_t* group, size_t row_bytes, int r, uint8_t* out) {
+  const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb;
+  for (size_t j = 0; j < nb; ++j) untile_block(t, group + j * kR * bb, r, out + j * bb);
+}
+
+}  // namespace tiles
+
+bool to_tiles(Matrix& m, uint8_t* data) {
+  if (!tileable(m.dtype) || m.layout != Layout::Rows) return false;
+  if (data != m.data) fail("to_tiles", "internal: the writable bytes are not the matrix's");
+  const size_t rb = m.row_bytes(), group = size_t(kR) * rb;
+  std::vector<uint8_t> rows(group);
+  for (int64_t g = 0; g + kR <= m.rows; g += kR) {
+    uint8_t* p = data + size_t(g) * rb;
+    std::memcpy(rows.data(), p, group);
+    tiles::tile_group(m.dtype, rows.data(), rb, p);
+  }
+  m.layout = Layout::Tiles16;
+  return true;
+}
+
+void copy_row(const Matrix& m, int64_t r, uint8_t* out) {
+  const int64_t full = m.rows / kR * kR;
+  if (m.layout == Layout::Rows || r >= full) {
+    std::memcpy(out, m.row(r), m.row_bytes());
+    return;
+  }
+  tiles::untile_row(m.dtype, m.row(r / kR * kR), m.row_bytes(), int(r % kR), out);
+}
+
+const uint8_t* row_in_rows_layout(const Matrix& m, int64_t r, uint8_t* buf) {
+  if (m.layout == Layout::Rows || r >= m.rows / kR * kR) return m.row(r);
+  copy_row(m, r, buf);
+  return buf;
+}
+
+void check_slice(const Matrix& m, int64_t first, int64_t n) {
+  if (first < 0 || n < 0 || first + n > m.rows)
+    fail("slice_rows", "rows [" + std::to_string(first) + ", " + std::to_string(first + n) + ") of " +
+                           std::to_string(m.rows));
+  if (m.layout == Layout::Tiles16 && (first % kR != 0 || (n % kR != 0 && first + n != m.rows)))
+    fail("slice_rows", "a tiled matrix splits only at groups of 16 rows");
+}
+
+}  // namespace mixtral

@@ -1,0 +1,61 @@
+// Weight tiles: the int8-path dtypes (Q8_0, Q4_0, Q4_K, Q6_K) stored 16 rows at a time in the
+// order the int8 kernels read them, so decode streams every weight byte once, in one sequential
+// pass, with no transposes. (From plain rows the kernels build the same registers with 4-byte
+// transposes, which cost as much as the arithmetic: matmul_q8_blocks.h's loaders.) A group of 16
+// rows in tiles takes exactly the bytes it takes as rows, so a model is tiled in place at load.
+//
+// Layout (Matrix::layout == Tiles16): each full group of 16 rows g (rows 16g .. 16g+15) keeps
+// its 16 · row_bytes bytes, holding one block tile per dtype block of the rows in column order.
+// Block tile j of a group holds the 16 rows' block j in 16 · block_bytes bytes. Below, X[k][r]
+// is the dword (4 bytes) k of row r of the block's field X, and "q[k][16][4]" is the 64 bytes
+// q[k][0] .. q[k][15] (one zmm: lane r = row r):
+//   Q8_0  544 B = 16 · 34   d[16] (fp16) | q[8][16][4]   q[k][r] = qs dword k, each byte + 128
+//                                                        (mod 256: the unsigned operand)
+//   Q4_0  288 B = 16 · 18   d[16] | n[4][16][4]          n[k][r] = qs dword k (nibbles as stored)
+//   Q4_K  2304 B = 16 · 144 h[4][16][4]                  h[k][r] = dword k of bytes 0..15
+//                                                        (d | dmin << 16, then scales[12])
+//                           | n[4][8][16][4]             n[g][k][r] = qs dword 8g + k
+//   Q6_K  3360 B = 16 · 210 d[16] | s[4][16][4]          s[k][r] = scales dword k
+//                           | for each 32-column block b = 0..7: lo[4][16][4] | hi[2][16][4]
+//         with v[i] (i < 32) the 6-bit quant (0..63) of column 32b + i of the row:
+//           lo[k][r] byte i = (v[4k + i] & 15) | (v[16 + 4k + i] & 15) << 4
+//           hi[h][r] byte i = bits 2m..2m+1: v[4(4h + m) + i] >> 4, for m = 0..3
+//         so that value 4k + i (k < 8) is the byte i of lane r of ((lo[k % 4] >> 4(k / 4)) & 15)
+//         | ((hi[k / 4] >> 2(k % 4)) & 3) << 4: the unsigned quants of Packed::q.
+// Rows after the last full group (rows % 16) stay in Rows layout.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace mixtral {
+
+constexpr int64_t kTileRows = 16;
+
+// Whether t has a tile layout.
+bool tileable(DType t);
+
+// Reorders m's full row groups into tiles in place and sets m.layout = Tiles16. `data` is m's
+// bytes, writable (m.data == data). Returns false, changing nothing, when m's dtype has no tiles
+// or m is already tiled.
+bool to_tiles(Matrix& m, uint8_t* data);
+
+// Row r's row_bytes() bytes as Rows layout stores them, whatever m's layout.
+void copy_row(const Matrix& m, int64_t r, uint8_t* out);
+// m.row(r) when that holds row r as Rows layout stores it; else `buf` (row_bytes() bytes) filled
+// by copy_row.
+const uint8_t* row_in_rows_layout(const Matrix& m, int64_t r, uint8_t* buf);
+
+// Throws Error unless rows [first, first + n) of m can be a Matrix of their own (Tiles16 needs
+// whole groups, or the slice to end at m's last row).
+void check_slice(const Matrix& m, int64_t first, int64_t n);
+
+namespace tiles {
+// One group, scalar (the format above): `rows` = 16 rows in Rows layout, contiguous; out: their
+// 16 · row_bytes bytes as tiles. untile_row: row r (< 16) of a tiled group back in Rows layout.
+void tile_group(DType t, const uint8_t* rows, size_t row_bytes, uint8_t* out);
+void untile_row(DType t, const uint8_t* group, size_t row_bytes, int r, uint8_t* out);
+}  // namespace tiles
+
+}  // namespace mixtral
