@@ -6,6 +6,10 @@
 //
 //   bench_matmul [-t THREADS] [--simd avx2|avx512|avx512bf16] [--types bf16,q8_0,...]
 //                [--tokens 1,2,4,8,16,64,512] [--shapes up,down] [--ref] [--cpu-time] [--float]
+//                [--layouts rows,tiles]
+//
+// --layouts: each quantized dtype once per layout, in the same run: rows (as files store them)
+// and tiles (kernels/weight_tiles.h, as a model read into memory holds them). Default: both.
 //
 // Quantized dtypes multiply int8 activations (matmul_q8.h); --float runs them through the float
 // path instead. ref::matmul is the float reference in both cases.
@@ -28,6 +32,7 @@
 #include "core/thread_pool.h"
 #include "kernels/dequant.h"
 #include "kernels/matmul.h"
+#include "kernels/weight_tiles.h"
 #include "quant/quantize.h"
 
 using namespace mixtral;
@@ -99,6 +104,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> tokens = {1, 2, 4, 8, 16, 64, 512};
   std::vector<std::string> shapes = {"up", "down"};
   bool with_ref = false;
+  std::vector<std::string> layouts = {"rows", "tiles"};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : "";
@@ -116,9 +122,11 @@ int main(int argc, char** argv) {
     else if (a == "--ref") with_ref = true;
     else if (a == "--cpu-time") g_cpu_time = true;
     else if (a == "--float") set_int8_activations(false);
+    else if (a == "--layouts") layouts = split(v), ++i;
     else {
       std::fprintf(stderr, "usage: bench_matmul [-t N] [--simd avx2|avx512|avx512bf16] [--types a,b] "
-                           "[--tokens 1,2,..] [--shapes up,down] [--ref] [--cpu-time] [--float]\n");
+                           "[--tokens 1,2,..] [--shapes up,down] [--ref] [--cpu-time] [--float] "
+                           "[--layouts rows,tiles]\n");
       return 2;
     }
   }
@@ -143,12 +151,15 @@ int main(int argc, char** argv) {
       std::normal_distribution<float> nd(0.0f, 1.0f);
       for (float& v : x) v = nd(rng);
     }
-    std::printf("\n%s: W [%lld][%lld]  GFLOP/s (GB/s of weights)\n%-5s", shape.c_str(), (long long)N,
+    std::printf("\n%s: W [%lld][%lld]  GFLOP/s (GB/s of weights)\n%-11s", shape.c_str(), (long long)N,
                 (long long)K, "dtype");
     for (int64_t T : tokens) std::printf(" | %8lld tok   ", (long long)T);
     std::printf("%s\n", with_ref ? " | ref 1 / 64 tokens GFLOP/s" : "");
-    for (const std::string& tn : types) {
+    for (const std::string& tn : types)
+    for (const std::string& layout : layouts) {
       const DType t = parse_type(tn);
+      const bool tiles = layout == "tiles";
+      if (tiles && !tileable(t)) continue;
       const size_t rb = row_bytes(t, K);
       // Copies of W, used in turn, so that one call's weights are never in cache from the call
       // before (a 4-bit expert matrix, ~33 MB, would otherwise sit largely in a 32 MB L3 and
@@ -159,13 +170,15 @@ int main(int argc, char** argv) {
       pool.parallel_for(N, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) quantize_row(t, src.data() + r * K, w.data() + rb * size_t(r), K);
       });
+      Matrix W0{t, N, K, w.data()};
+      if (tiles) to_tiles(W0, w.data());
       for (size_t c = 1; c < n_copies; ++c) std::memcpy(w.data() + c * bytes, w.data(), bytes);
       std::vector<Matrix> Wc;
-      for (size_t c = 0; c < n_copies; ++c) Wc.push_back(Matrix{t, N, K, w.data() + c * bytes});
+      for (size_t c = 0; c < n_copies; ++c) Wc.push_back(Matrix{t, N, K, w.data() + c * bytes, W0.layout});
       const Matrix& W = Wc[0];
       size_t turn = 0;
       const double gb = double(W.bytes()) / 1e9, flop1 = 2.0 * double(N) * double(K);
-      std::printf("%-5s", dtype_name(t));
+      std::printf("%-5s%-6s", dtype_name(t), tiles ? " tiles" : "");
       for (int64_t T : tokens) {
         const double s = time_it([&] { matmul(Wc[turn++ % n_copies], x.data(), T, y.data(), pool); },
                                  T >= 64 ? 3 : 5, T >= 64 ? 1.0 : 0.5);

@@ -26,6 +26,7 @@
 #include "kernels/matmul.h"
 #include "kernels/matmul_bf16.h"
 #include "kernels/matmul_q8.h"
+#include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
 #include "quant/quantize.h"
 #include "test_util.h"
@@ -599,6 +600,43 @@ TEST(Int8Matmul, BitExactWithReference) {
 }
 
 // Hand-built Q8_0 weights and activations that are exact in int8: the product is exact too.
+// Weights in tiles (weight_tiles.h) give the same bits as the same weights in rows, for every
+// token count (decode kernels up to 8, the packed path beyond), every SIMD level and thread
+// count, with tail rows (rows % 16) and matrices smaller than one group; ref::matmul_q8 reads
+// tiles through the untiler and agrees.
+TEST(Int8Matmul, TilesGiveTheSameBitsAsRows) {
+  ThreadPool p1(1), p2(2), p3(3);
+  for (DType t : kInt8Types) {
+    const int64_t K = dtype_info(t).block_size == 32 ? 64 * 3 : 768;
+    for (int64_t rows : {16, 48, 40, 7}) {
+      const TestMatrix W(t, rows, K, uint32_t(rows * 3 + K));
+      std::vector<uint8_t> tiled_bytes = W.bytes;
+      Matrix T = W.m;
+      T.data = tiled_bytes.data();
+      ASSERT_TRUE(to_tiles(T, tiled_bytes.data())) << dtype_name(t);
+      if (rows >= 16) ASSERT_NE(tiled_bytes, W.bytes) << "tiling changed nothing";
+      else ASSERT_EQ(tiled_bytes, W.bytes) << "7 rows: no whole group, nothing to reorder";
+      for (int64_t n : {1, 2, 3, 5, 8, 9, 17, 40}) {
+        SCOPED_TRACE(std::string(dtype_name(t)) + " rows=" + std::to_string(rows) + " tokens=" + std::to_string(n));
+        const std::vector<float> x = normal(n * K, uint32_t(n + rows));
+        std::vector<float> want(size_t(n * rows)), got(want.size()), ref_tiles(want.size());
+        matmul(W.m, x.data(), n, want.data(), p2);
+        ref::matmul_q8(T, x.data(), n, ref_tiles.data());
+        for (size_t i = 0; i < want.size(); ++i) ASSERT_TRUE(same_bits(ref_tiles[i], want[i])) << "ref i=" << i;
+        for_each_simd_level([&] {
+          for (ThreadPool* p : {&p1, &p2, &p3}) {
+            std::fill(got.begin(), got.end(), -1.0f);
+            matmul(T, x.data(), n, got.data(), *p);
+            for (size_t i = 0; i < want.size(); ++i)
+              ASSERT_TRUE(same_bits(got[i], want[i])) << p->size() << " threads, i=" << i << ": " << got[i]
+                                                      << " vs " << want[i];
+          }
+        });
+      }
+    }
+  }
+}
+
 TEST(Int8Matmul, ExactOnRepresentableValues) {
   ThreadPool pool(1);
   for_each_simd_level([&] {

@@ -17,6 +17,9 @@
 //   2'. decode and small batches (at most kDecodeMaxTokens tokens; 4 on AVX2): no packing (which
 //      costs the same whatever the token count), the weights read in place by the kernels of
 //      matmul_q8_decode.cpp, block by block in the same order.
+//   Tiles (weight_tiles.h): the groups of a Tiles16 W hold the packers' registers already; they
+//   are packed with plain loads, and decoded by matmul_q8_decode.cpp's tile kernels. Its
+//   trailing rows (rows % 16) go the rows' way.
 // Lanes are rows, so every output is one sequential chain over its blocks: the same whatever the
 // ISA, the tile shape, the thread count or the number of tokens. The unsigned-times-signed byte
 // products take the weights as the unsigned side: Q4_0 / Q4_K / Q6_K store unsigned quants (the
@@ -50,6 +53,7 @@
 #include "kernels/dequant.h"
 #include "kernels/kernel_util.h"
 #include "kernels/matmul_q8_blocks.h"
+#include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
 
 namespace mixtral {
@@ -103,6 +107,9 @@ inline void store_rows8(Packed* out, int k, int h, __m256i v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
 }
 
+// Packs blocks [b0, b0 + nb) of a whole group of a Tiles16 W (group: its first byte).
+using PackTilesFn = void (*)(const uint8_t* group, int64_t b0, int64_t nb, Packed* out);
+
 // The packers proper, blocks [b0, b0 + nb): defined inside each Quants struct (so that the
 // AVX-512 ones are compiled, and inline their per-block parts, for AVX-512).
 #define MIXTRAL_Q8_PACKERS                                                                     \
@@ -140,6 +147,62 @@ inline void store_rows8(Packed* out, int k, int h, __m256i v) {
 
 struct Avx2Quants : Avx2Loaders {
   MIXTRAL_Q8_PACKERS
+  // From tiles: the same Packed bytes with plain loads (weight_tiles.h).
+  using T = Avx2TileLoaders;
+  static void tiles_q8_0(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+    for (int64_t j = 0; j < nb; ++j, ++out) {
+      const uint8_t* t = group + size_t(b0 + j) * tile::kQ8_0;
+      for (int h = 0; h < 2; ++h) {
+        __m256i w[8];
+        T::w_q8_0(t, h, w);
+        for (int k = 0; k < 8; ++k) store_rows8(out, k, h, w[k]);
+      }
+      std::memcpy(out->d16, t, sizeof out->d16);
+    }
+  }
+  static void tiles_q4_0(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+    for (int64_t j = 0; j < nb; ++j, ++out) {
+      const uint8_t* t = group + size_t(b0 + j) * tile::kQ4_0;
+      for (int h = 0; h < 2; ++h) {
+        __m256i w[8];
+        T::w_q4_0(t, h, w);
+        for (int k = 0; k < 8; ++k) store_rows8(out, k, h, w[k]);
+      }
+      std::memcpy(out->d16, t, sizeof out->d16);
+    }
+  }
+  static void tiles_q4_K(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t j = 0; j < nb; j += 8, out += 8) {
+      const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ4_K;
+      for (int g = 0; g < 4; ++g)
+        for (int h = 0; h < 2; ++h) {
+          __m256i v[8];
+          T::v_q4_K(t, g, h, v);
+          for (int k = 0; k < 8; ++k) {
+            store_rows8(out + 2 * g, k, h, _mm256_and_si256(v[k], m4));
+            store_rows8(out + 2 * g + 1, k, h, _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4));
+          }
+        }
+      q4_K_tile_scales(t, out);
+    }
+  }
+  static void tiles_q6_K(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+    for (int64_t j = 0; j < nb; j += 8, out += 8) {
+      const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ6_K;
+      for (int b = 0; b < 8; ++b) {
+        for (int h = 0; h < 2; ++h) {
+          __m256i w[8], i0, i1;
+          T::w_q6_K(t, b, h, w);
+          for (int k = 0; k < 8; ++k) store_rows8(out + b, k, h, w[k]);
+          T::q6_K_scales(t, b, h, i0, i1);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].i0 + 8 * h), i0);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].i1 + 8 * h), i1);
+        }
+        std::memcpy(out[b].d16, t, sizeof out[b].d16);
+      }
+    }
+  }
   static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
     for (int h = 0; h < 2; ++h) {
       __m256i w[8];
@@ -211,6 +274,54 @@ inline void store_rows16(Packed* out, int k, __m512i v) { _mm512_store_si512(&ou
 
 struct Avx512Quants : Avx512Loaders {
   MIXTRAL_Q8_PACKERS
+  using T = Avx512TileLoaders;
+  static void tiles_q8_0(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+    for (int64_t j = 0; j < nb; ++j, ++out) {
+      const uint8_t* t = group + size_t(b0 + j) * tile::kQ8_0;
+      __m512i w[8];
+      T::w_q8_0(t, w);
+      for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
+      std::memcpy(out->d16, t, sizeof out->d16);
+    }
+  }
+  static void tiles_q4_0(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+    for (int64_t j = 0; j < nb; ++j, ++out) {
+      const uint8_t* t = group + size_t(b0 + j) * tile::kQ4_0;
+      __m512i w[8];
+      T::w_q4_0(t, w);
+      for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
+      std::memcpy(out->d16, t, sizeof out->d16);
+    }
+  }
+  static void tiles_q4_K(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t j = 0; j < nb; j += 8, out += 8) {
+      const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ4_K;
+      for (int g = 0; g < 4; ++g) {
+        __m512i v[8];
+        T::v_q4_K(t, g, v);
+        for (int k = 0; k < 8; ++k) {
+          store_rows16(out + 2 * g, k, _mm512_and_si512(v[k], m4));
+          store_rows16(out + 2 * g + 1, k, _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4));
+        }
+      }
+      q4_K_tile_scales(t, out);
+    }
+  }
+  static void tiles_q6_K(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+    for (int64_t j = 0; j < nb; j += 8, out += 8) {
+      const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ6_K;
+      for (int b = 0; b < 8; ++b) {
+        __m512i w[8], i0, i1;
+        T::w_q6_K(t, b, w);
+        for (int k = 0; k < 8; ++k) store_rows16(out + b, k, w[k]);
+        T::q6_K_scales(t, b, i0, i1);
+        _mm512_store_si512(out[b].i0, i0);
+        _mm512_store_si512(out[b].i1, i1);
+        std::memcpy(out[b].d16, t, sizeof out[b].d16);
+      }
+    }
+  }
   static void q8_0(const uint8_t* const* rows, size_t off, Packed* out) {
     __m512i w[8];
     w_q8_0(rows, off, w);
@@ -332,12 +443,13 @@ constexpr int kMaxTg = 8;
 struct Q8Kernels {
   int tg;                        // tokens per micro-kernel call
   PackFn pack;
+  PackTilesFn pack_tiles;
   MicroKernel kernel[kMaxTg];    // [NT - 1]
 };
 
 template <template <class, int> class K, class P, int... NT>
-Q8Kernels make_kernels(PackFn pack, std::integer_sequence<int, NT...>) {
-  return Q8Kernels{int(sizeof...(NT)), pack, {&K<P, NT + 1>::run...}};
+Q8Kernels make_kernels(PackFn pack, PackTilesFn pack_tiles, std::integer_sequence<int, NT...>) {
+  return Q8Kernels{int(sizeof...(NT)), pack, pack_tiles, {&K<P, NT + 1>::run...}};
 }
 
 enum Q8Type { kQ8_0, kQ4_0, kQ4_K, kQ6_K, kNumQ8Types };
@@ -354,8 +466,10 @@ int q8_type(DType t) {
 template <template <class, int> class K, class Q, int TG>
 std::vector<Q8Kernels> make_table() {
   const auto nt = std::make_integer_sequence<int, TG>{};
-  return {make_kernels<K, Q8_0Policy>(Q::pack_q8_0, nt), make_kernels<K, Q4_0Policy>(Q::pack_q4_0, nt),
-          make_kernels<K, Q4_KPolicy>(Q::pack_q4_K, nt), make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, nt)};
+  return {make_kernels<K, Q8_0Policy>(Q::pack_q8_0, Q::tiles_q8_0, nt),
+          make_kernels<K, Q4_0Policy>(Q::pack_q4_0, Q::tiles_q4_0, nt),
+          make_kernels<K, Q4_KPolicy>(Q::pack_q4_K, Q::tiles_q4_K, nt),
+          make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, Q::tiles_q6_K, nt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
@@ -379,6 +493,9 @@ const Q8Kernels& kernels_for(DType t) { return (use_vnni() ? kVnni512 : kAvx2)[s
 using kernel_util::prefetch;
 using kernel_util::Scratch;
 
+// Whether rows g .. g+15 of W are a group stored as tiles (weight_tiles.h).
+bool is_tile_group(const Matrix& W, int64_t g) { return W.layout == Layout::Tiles16 && g + kRows <= W.rows; }
+
 void matmul_q8_rows(const Matrix& W, const XBlock* xb, int64_t n_tokens, float* y, int64_t r0,
                     int64_t r1, const Q8Kernels& ks) {
   thread_local Scratch<Packed> pack_scratch;
@@ -394,6 +511,7 @@ void matmul_q8_rows(const Matrix& W, const XBlock* xb, int64_t n_tokens, float* 
     const int64_t nt = std::min(kTokenBlock, n_tokens - t0);
     for (int64_t g = r0; g < r1; g += kRows) {
       const int64_t nr = std::min<int64_t>(kRows, r1 - g);
+      const bool tiles = is_tile_group(W, g);
       const uint8_t* rows[kRows];
       group_rows(W, g, nr, rows);
       std::memset(acc, 0, sizeof(float) * size_t(nt * kRows));
@@ -405,10 +523,13 @@ void matmul_q8_rows(const Matrix& W, const XBlock* xb, int64_t n_tokens, float* 
           if (pc < nb) {
             const int64_t pr1 = std::min(pg + kRows, r1);
             const size_t poff = byte_offset(pc), pbytes = byte_offset(std::min(kChunk, nb - pc));
-            for (int64_t r = pg; r < pr1; ++r) prefetch(W.row(r) + poff, pbytes);
+            if (is_tile_group(W, pg)) prefetch(W.row(pg) + kRows * poff, kRows * pbytes);  // one run
+            else
+              for (int64_t r = pg; r < pr1; ++r) prefetch(W.row(r) + poff, pbytes);
           }
         }
-        ks.pack(rows, c, nc, packed);
+        if (tiles) ks.pack_tiles(rows[0], c, nc, packed);
+        else ks.pack(rows, c, nc, packed);
         for (int64_t tg = 0; tg < nt; tg += ks.tg) {
           const int64_t ntg = std::min<int64_t>(ks.tg, nt - tg);
           ks.kernel[ntg - 1](packed, nc, xb + c * n_tokens + t0 + tg, n_tokens, acc + tg * kRows);
@@ -484,13 +605,25 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y, Thre
   thread_local Scratch<XBlock> x_scratch;  // the calling thread's; the workers only read it
   XBlock* xb = x_scratch.get(size_t(n_tokens * (W.cols / 32)));
   quantize_activations(x, n_tokens, W.cols, xb);
-  if (const DecodeFn decode = n_tokens <= kDecodeMaxTokens ? decode_kernel(W.dtype, int(n_tokens), use_vnni()) : nullptr) {
-    pool.parallel_for(W.rows, [&](int64_t r0, int64_t r1) { decode(W, xb, y, r0, r1); }, kRows);
-    return;
-  }
+  const bool few = n_tokens <= kDecodeMaxTokens;
+  const DecodeFn decode = few ? decode_kernel(W.dtype, int(n_tokens), use_vnni()) : nullptr;
+  const DecodeFn decode_tiles =
+      few && W.layout == Layout::Tiles16 ? decode_tiles_kernel(W.dtype, int(n_tokens), use_vnni()) : nullptr;
   const Q8Kernels& ks = kernels_for(W.dtype);
+  // Rows [0, tiled) are whole groups of tiles; the rest (all rows of a Rows W) plain rows.
+  const int64_t tiled = W.layout == Layout::Tiles16 ? W.rows / kRows * kRows : 0;
   pool.parallel_for(
-      W.rows, [&](int64_t r0, int64_t r1) { matmul_q8_rows(W, xb, n_tokens, y, r0, r1, ks); }, kRows);
+      W.rows,
+      [&](int64_t r0, int64_t r1) {
+        if (decode_tiles && r0 < tiled) {
+          decode_tiles(W, xb, y, r0, std::min(r1, tiled));
+          r0 = std::min(r1, tiled);
+          if (r0 == r1) return;
+        }
+        if (decode) decode(W, xb, y, r0, r1);
+        else matmul_q8_rows(W, xb, n_tokens, y, r0, r1, ks);
+      },
+      kRows);
 }
 
 namespace ref {
@@ -507,8 +640,9 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y) {
   const int64_t K = W.cols, N = W.rows, nb = K / 32;
   std::vector<XBlock> xb(size_t(n_tokens * nb));
   ref::quantize_activations(x, n_tokens, K, xb.data());
+  std::vector<uint8_t> buf(W.row_bytes());
   for (int64_t r = 0; r < N; ++r) {
-    const uint8_t* row = W.row(r);
+    const uint8_t* row = row_in_rows_layout(W, r, buf.data());
     for (int64_t t = 0; t < n_tokens; ++t) {
       float acc = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {

@@ -89,8 +89,29 @@ inline void gather_d16(const uint8_t* const* rows, size_t off, uint16_t* d16) {
   for (int r = 0; r < kRows; ++r) std::memcpy(&d16[r], rows[r] + off, 2);
 }
 
-// Q4_K scales and mins, 8 rows per register: the 16 bytes d, dmin, scales[12] of each row,
-// transposed so that lane r holds row r's bytes 4c..4c+3 in z[c]; then q4k_scale_min lane-wise.
+// Q4_K scales and mins of 8 rows (rows 8h .. 8h+8 into out[s].s0 / s1): z[c] lane r = bytes
+// 4c..4c+3 of row r's first 16 bytes (d, dmin, scales[12]); q4k_scale_min lane-wise.
+inline void q4_K_scales8(const __m256i z[4], __m256 d, __m256 dmin, int h, Packed* out) {
+  const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
+  for (int s = 0; s < 8; ++s) {
+    __m256i sc, m;
+    if (s < 4) {
+      sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
+      m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
+    } else {
+      const int j = s - 4;
+      sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
+                           _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
+      m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
+                          _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
+    }
+    _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
+    _mm256_storeu_ps(out[s].s1 + 8 * h,
+                     _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
+  }
+}
+
+// Q4_K scales and mins of the 16 rows' super-block at off into out[0..8).
 inline void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
   alignas(32) uint16_t d16[kRows], dmin16[kRows];
   gather_d16(rows, off, d16);
@@ -102,23 +123,24 @@ inline void q4_K_scales(const uint8_t* const* rows, size_t off, Packed* out) {
     transpose4x4_lanes(z);
     const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(d16 + 8 * h)));
     const __m256 dmin = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(dmin16 + 8 * h)));
-    const __m256i m6 = _mm256_set1_epi32(63), m4 = _mm256_set1_epi32(15), m2 = _mm256_set1_epi32(3);
-    for (int s = 0; s < 8; ++s) {
-      __m256i sc, m;
-      if (s < 4) {
-        sc = _mm256_and_si256(_mm256_srli_epi32(z[1], 8 * s), m6);
-        m = _mm256_and_si256(_mm256_srli_epi32(z[2], 8 * s), m6);
-      } else {
-        const int j = s - 4;
-        sc = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j), m4),
-                             _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[1], 8 * j + 6), m2), 4));
-        m = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(z[3], 8 * j + 4), m4),
-                            _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(z[2], 8 * j + 6), m2), 4));
-      }
-      _mm256_storeu_ps(out[s].s0 + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sc)));
-      _mm256_storeu_ps(out[s].s1 + 8 * h,
-                       _mm256_xor_ps(_mm256_mul_ps(dmin, _mm256_cvtepi32_ps(m)), _mm256_set1_ps(-0.0f)));
-    }
+    q4_K_scales8(z, d, dmin, h, out);
+  }
+}
+
+// The same from a Q4_K super-block tile (weight_tiles.h: its header is z for each half).
+inline void q4_K_tile_scales(const uint8_t* t, Packed* out) {
+  // the low (d) and high (dmin) halves of the 8 dwords, in order, in the low 128 bits
+  const __m256i lo = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9,
+                                      12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i hi = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10, 11,
+                                      14, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+  for (int h = 0; h < 2; ++h) {
+    __m256i z[4];
+    for (int c = 0; c < 4; ++c) z[c] = load256(t + 64 * c + 32 * h);
+    auto halves = [&](__m256i sel) {
+      return _mm256_cvtph_ps(_mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_shuffle_epi8(z[0], sel), 0x08)));
+    };
+    q4_K_scales8(z, halves(lo), halves(hi), h, out);
   }
 }
 
@@ -169,6 +191,62 @@ struct Avx2Loaders {
   static void v_q4_K(const uint8_t* const* rows, size_t off, int g, int h, __m256i v[8]) {
     for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + off + offsetof(BlockQ4_K, qs) + 32 * g);
     transpose8x8(v);
+  }
+};
+
+// ---- loaders from tiles (kernels/weight_tiles.h), AVX2: half h = rows 8h .. 8h+8 ----
+// The tiles hold the loaders' registers as they are: plain loads (Q4_0 / Q4_K: the nibbles
+// split; Q6_K: the low 4 and high 2 bits joined). t: the block tile.
+
+namespace tile {  // byte offsets in a block tile (weight_tiles.h)
+constexpr size_t kQ8_0 = 16 * sizeof(BlockQ8_0), kQ4_0 = 16 * sizeof(BlockQ4_0);
+constexpr size_t kQ4_K = 16 * sizeof(BlockQ4_K), kQ6_K = 16 * sizeof(BlockQ6_K);
+constexpr size_t q4_K_qs(int g) { return 256 + 512 * size_t(g); }
+constexpr size_t q6_K_block(int b) { return 288 + 384 * size_t(b); }
+static_assert(q6_K_block(8) == kQ6_K && q4_K_qs(4) == kQ4_K, "tile sizes");
+}  // namespace tile
+
+struct Avx2TileLoaders {
+  static __m256i ld(const uint8_t* p) { return load256(p); }
+  static __m256 d16(const uint8_t* t, int h) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 16 * h)));
+  }
+  static void w_q8_0(const uint8_t* t, int h, __m256i w[8]) {
+    for (int k = 0; k < 8; ++k) w[k] = ld(t + 32 + 64 * k + 32 * h);
+  }
+  static void w_q4_0(const uint8_t* t, int h, __m256i w[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int k = 0; k < 4; ++k) {
+      const __m256i n = ld(t + 32 + 64 * k + 32 * h);
+      w[k] = _mm256_and_si256(n, m4);
+      w[k + 4] = _mm256_and_si256(_mm256_srli_epi16(n, 4), m4);
+    }
+  }
+  // Q4_K group g of the super-block tile t: v[k] as Avx2Loaders::v_q4_K.
+  static void v_q4_K(const uint8_t* t, int g, int h, __m256i v[8]) {
+    for (int k = 0; k < 8; ++k) v[k] = ld(t + tile::q4_K_qs(g) + 64 * k + 32 * h);
+  }
+  // Q6_K 32-column block b of the super-block tile t: w[k] as Packed::q holds it.
+  static void w_q6_K(const uint8_t* t, int b, int h, __m256i w[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
+    const uint8_t* p = t + tile::q6_K_block(b) + 32 * h;
+    for (int k = 0; k < 4; ++k) {
+      const __m256i lo = ld(p + 64 * k);
+      w[k] = _mm256_and_si256(lo, m4);
+      w[k + 4] = _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4);
+    }
+    for (int q = 0; q < 2; ++q) {
+      const __m256i hb = ld(p + 256 + 64 * q);
+      const __m256i hi[4] = {_mm256_slli_epi16(hb, 4), _mm256_slli_epi16(hb, 2), hb, _mm256_srli_epi16(hb, 2)};
+      for (int m = 0; m < 4; ++m) w[4 * q + m] = _mm256_or_si256(w[4 * q + m], _mm256_and_si256(hi[m], m2));
+    }
+  }
+  // Q6_K: the int8 scales of 32-column block b's two halves, sign-extended, for rows 8h .. 8h+8.
+  static void q6_K_scales(const uint8_t* t, int b, int h, __m256i& i0, __m256i& i1) {
+    const __m256i s = ld(t + 32 + 64 * (b / 2) + 32 * h);
+    const int c = 2 * (b % 2);  // byte c and c + 1 of each lane
+    i0 = _mm256_srai_epi32(_mm256_slli_epi32(s, 24 - 8 * c), 24);
+    i1 = _mm256_srai_epi32(_mm256_slli_epi32(s, 16 - 8 * c), 24);
   }
 };
 
@@ -273,6 +351,51 @@ struct Avx512Loaders {
     }
     s0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
     s1 = _mm512_mul_ps(ndmin, _mm512_cvtepi32_ps(m));
+  }
+};
+
+// ---- loaders from tiles, AVX-512: the same registers, 16 rows at once ----
+
+struct Avx512TileLoaders {
+  static __m512i ld(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  static __m512 d16(const uint8_t* t) { return _mm512_cvtph_ps(load256(t)); }
+  static void w_q8_0(const uint8_t* t, __m512i w[8]) {
+    for (int k = 0; k < 8; ++k) w[k] = ld(t + 32 + 64 * k);
+  }
+  static void w_q4_0(const uint8_t* t, __m512i w[8]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int k = 0; k < 4; ++k) {
+      const __m512i n = ld(t + 32 + 64 * k);
+      w[k] = _mm512_and_si512(n, m4);
+      w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(n, 4), m4);
+    }
+  }
+  // Q4_K super-block tile t: r = Avx512Loaders::rows16x16 of the 16 header bytes; v as v_q4_K.
+  static void q4_K_header(const uint8_t* t, __m512i r[4]) {
+    for (int k = 0; k < 4; ++k) r[k] = ld(t + 64 * k);
+  }
+  static void v_q4_K(const uint8_t* t, int g, __m512i v[8]) {
+    for (int k = 0; k < 8; ++k) v[k] = ld(t + tile::q4_K_qs(g) + 64 * k);
+  }
+  static void w_q6_K(const uint8_t* t, int b, __m512i w[8]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
+    const uint8_t* p = t + tile::q6_K_block(b);
+    for (int k = 0; k < 4; ++k) {
+      const __m512i lo = ld(p + 64 * k);
+      w[k] = _mm512_and_si512(lo, m4);
+      w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(lo, 4), m4);
+    }
+    for (int q = 0; q < 2; ++q) {  // (hb >> 2m) & 3, moved to bits 4-5
+      const __m512i hb = ld(p + 256 + 64 * q);
+      const __m512i hi[4] = {_mm512_slli_epi16(hb, 4), _mm512_slli_epi16(hb, 2), hb, _mm512_srli_epi16(hb, 2)};
+      for (int m = 0; m < 4; ++m) w[4 * q + m] = _mm512_or_si512(w[4 * q + m], _mm512_and_si512(hi[m], m2));
+    }
+  }
+  static void q6_K_scales(const uint8_t* t, int b, __m512i& i0, __m512i& i1) {
+    const __m512i s = ld(t + 32 + 64 * (b / 2));
+    const int c = 2 * (b % 2);
+    i0 = _mm512_srai_epi32(_mm512_slli_epi32(s, 24 - 8 * c), 24);
+    i1 = _mm512_srai_epi32(_mm512_slli_epi32(s, 16 - 8 * c), 24);
   }
 };
 
@@ -413,5 +536,7 @@ inline void avx2_block(const __m256i w_in[8], __m256 s0, __m256 s1, __m256i i0, 
 // int8_activation_dtype) on AVX-512 VNNI (vnni) or AVX2; null where t has none (the packed path
 // serves it).
 DecodeFn decode_kernel(DType t, int n_tokens, bool vnni);
+// The same for the whole groups of a Tiles16 W (weight_tiles.h); every dtype has one.
+DecodeFn decode_tiles_kernel(DType t, int n_tokens, bool vnni);
 
 }  // namespace mixtral::q8

@@ -11,7 +11,11 @@
 // with it. Each output is the same chain of blocks as in the packed path, so the bits are the
 // same.
 //
-// Q6_K has no decode kernel: the packed path is faster for it at every token count. Measured
+// Weights in tiles (weight_tiles.h; a model read into memory is tiled at load): the same kernels
+// with every register a plain load from the group's tiles, which a thread reads as one run
+// (prefetched in step). Q6_K has a tile kernel; its row kernel would be slower than packing.
+//
+// Q6_K in rows has no decode kernel: the packed path is faster for it at every token count. Measured
 // (quiet machine, 2 threads) against an in-place Q6_K kernel (commit 83b4ba7): bench_matmul
 // 1 token 47-48 against 43-44 GB/s (up shape), 4-8 tokens 412-591 against 304-354 GFLOP/s;
 // tg32 on the Q4_K_M slice 79.0-79.4 against 68.9-75.4 tok/s.
@@ -35,6 +39,16 @@
 
 namespace mixtral::q8 {
 namespace {
+
+// A thread reads its rows' tiles as one run, in order. The hardware prefetchers alone streamed
+// them at 24-34 GB/s here (bench_matmul, 1 token, Q4_K / Q6_K / Q8_0 tiles); prefetching each
+// block tile kTilePrefetch bytes ahead into L1 as it is read gave 47-77 GB/s in the same runs
+// (the host's bandwidth moved between runs; 4 and 8 KB ahead, into L1 or L2, measured alike).
+constexpr size_t kTilePrefetch = 4096;
+inline void prefetch_tiles_ahead(const uint8_t* t, size_t bytes) {
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(uintptr_t(t + kTilePrefetch) & ~uintptr_t(63));
+  for (size_t o = 0; o < bytes; o += 64) kernel_util::prefetch_l1(p + o);
+}
 
 // ---- AVX-512 VNNI: one zmm = 16 rows ----
 
@@ -114,6 +128,69 @@ struct Vnni512Decode {
   }
 };
 
+// Decode from tiles (weight_tiles.h): the group's tiles are one contiguous run, read in order;
+// every register comes from a plain load. Rows [r0, r1) are whole groups of a Tiles16 W.
+template <class P, int NT>
+struct Vnni512TileDecode {
+  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    using L = Avx512TileLoaders;
+    const int64_t N = W.rows, nb = W.cols / 32;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), zi = _mm512_setzero_si512();
+    const __m512 zf = _mm512_setzero_ps();
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const uint8_t* t = W.row(g);
+      __m512 f[NT];
+#pragma GCC unroll 8
+      for (int i = 0; i < NT; ++i) f[i] = zf;
+      if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
+        constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
+        constexpr size_t bytes = q8 ? tile::kQ8_0 : tile::kQ4_0;
+        for (int64_t j = 0; j < nb; ++j, t += bytes) {
+          prefetch_tiles_ahead(t, bytes);
+          __m512i w[8];
+          if constexpr (q8) L::w_q8_0(t, w);
+          else L::w_q4_0(t, w);
+          vnni_block<P, NT>(w, L::d16(t), zf, zi, zi, xb + j * NT, f);
+        }
+      } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
+        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ4_K) {
+          prefetch_tiles_ahead(t, tile::kQ4_K);
+          __m512i r[4];
+          __m512 d, ndmin;
+          L::q4_K_header(t, r);
+          Avx512Loaders::q4_K_d(r, d, ndmin);
+#pragma GCC unroll 4
+          for (int gq = 0; gq < 4; ++gq) {
+            __m512i v[8], w[8];
+            __m512 s0, s1;
+            L::v_q4_K(t, gq, v);
+            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
+            Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq, s0, s1);
+            vnni_block<P, NT>(w, s0, s1, zi, zi, xb + (j + 2 * gq) * NT, f);
+            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
+            Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq + 1, s0, s1);
+            vnni_block<P, NT>(w, s0, s1, zi, zi, xb + (j + 2 * gq + 1) * NT, f);
+          }
+        }
+      } else {  // Q6_K
+        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ6_K) {
+          prefetch_tiles_ahead(t, tile::kQ6_K);
+          const __m512 d = L::d16(t);
+#pragma GCC unroll 2
+          for (int b = 0; b < 8; ++b) {
+            __m512i w[8], i0, i1;
+            L::w_q6_K(t, b, w);
+            L::q6_K_scales(t, b, i0, i1);
+            vnni_block<P, NT>(w, d, zf, i0, i1, xb + (j + b) * NT, f);
+          }
+        }
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < NT; ++i) _mm512_storeu_ps(y + i * N + g, f[i]);
+    }
+  }
+};
+
 #pragma GCC diagnostic pop
 #pragma GCC pop_options
 
@@ -180,12 +257,77 @@ struct Avx2Decode {
   }
 };
 
+// Decode from tiles on AVX2: as Vnni512TileDecode, each block as two halves of 8 rows.
+template <class P, int NT>
+struct Avx2TileDecode {
+  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    using L = Avx2TileLoaders;
+    const int64_t N = W.rows, nb = W.cols / 32;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), zi = _mm256_setzero_si256();
+    const __m256 zf = _mm256_setzero_ps();
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const uint8_t* t = W.row(g);
+      __m256 f[NT][2];
+      for (int i = 0; i < NT; ++i) f[i][0] = f[i][1] = zf;
+      if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
+        constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
+        constexpr size_t bytes = q8 ? tile::kQ8_0 : tile::kQ4_0;
+        for (int64_t j = 0; j < nb; ++j, t += bytes) {
+          prefetch_tiles_ahead(t, bytes);
+          for (int h = 0; h < 2; ++h) {
+            __m256i w[8];
+            if constexpr (q8) L::w_q8_0(t, h, w);
+            else L::w_q4_0(t, h, w);
+            avx2_block<P, NT>(w, L::d16(t, h), zf, zi, zi, xb + j * NT, f, h);
+          }
+        }
+      } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
+        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ4_K) {
+          prefetch_tiles_ahead(t, tile::kQ4_K);
+          alignas(64) Packed sc[8];
+          q4_K_tile_scales(t, sc);
+          for (int gq = 0; gq < 4; ++gq)
+            for (int h = 0; h < 2; ++h) {
+              __m256i v[8], w[8];
+              L::v_q4_K(t, gq, h, v);
+              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(v[k], m4);
+              const Packed& a = sc[2 * gq];
+              avx2_block<P, NT>(w, _mm256_load_ps(a.s0 + 8 * h), _mm256_load_ps(a.s1 + 8 * h), zi, zi,
+                                xb + (j + 2 * gq) * NT, f, h);
+              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);
+              const Packed& b = sc[2 * gq + 1];
+              avx2_block<P, NT>(w, _mm256_load_ps(b.s0 + 8 * h), _mm256_load_ps(b.s1 + 8 * h), zi, zi,
+                                xb + (j + 2 * gq + 1) * NT, f, h);
+            }
+        }
+      } else {  // Q6_K
+        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ6_K) {
+          prefetch_tiles_ahead(t, tile::kQ6_K);
+          for (int b = 0; b < 8; ++b)
+            for (int h = 0; h < 2; ++h) {
+              __m256i w[8], i0, i1;
+              L::w_q6_K(t, b, h, w);
+              L::q6_K_scales(t, b, h, i0, i1);
+              avx2_block<P, NT>(w, L::d16(t, h), zf, i0, i1, xb + (j + b) * NT, f, h);
+            }
+        }
+      }
+      for (int i = 0; i < NT; ++i) {
+        _mm256_storeu_ps(y + i * N + g, f[i][0]);
+        _mm256_storeu_ps(y + i * N + g + 8, f[i][1]);
+      }
+    }
+  }
+};
+
 // ---- tables ----
 
 // AVX2 stops at kAvx2DecodeMaxTokens (null entries: the packed path).
 template <template <class, int> class D, class P, int N>
 constexpr DecodeFn decode_fn() {
-  if constexpr (N > kAvx2DecodeMaxTokens && std::is_same_v<D<P, N>, Avx2Decode<P, N>>) return nullptr;
+  if constexpr (N > kAvx2DecodeMaxTokens &&
+                (std::is_same_v<D<P, N>, Avx2Decode<P, N>> || std::is_same_v<D<P, N>, Avx2TileDecode<P, N>>))
+    return nullptr;
   else return &D<P, N>::run;
 }
 template <template <class, int> class D, class P, int... NT>
@@ -203,6 +345,26 @@ DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {
   static const std::array<DecodeFn, kDecodeMaxTokens> kAvx2[] = {
       decode_fns<Avx2Decode, Q8_0Policy>(nt), decode_fns<Avx2Decode, Q4_0Policy>(nt),
       decode_fns<Avx2Decode, Q4_KPolicy>(nt), {} /* Q6_K */};
+  int type = -1;
+  switch (t) {
+    case DType::Q8_0: type = 0; break;
+    case DType::Q4_0: type = 1; break;
+    case DType::Q4_K: type = 2; break;
+    case DType::Q6_K: type = 3; break;
+    default: return nullptr;
+  }
+  if (n_tokens < 1 || n_tokens > kDecodeMaxTokens) return nullptr;
+  return (vnni ? kVnni512 : kAvx2)[type][size_t(n_tokens - 1)];
+}
+
+DecodeFn decode_tiles_kernel(DType t, int n_tokens, bool vnni) {
+  constexpr auto nt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
+  static const std::array<DecodeFn, kDecodeMaxTokens> kVnni512[] = {
+      decode_fns<Vnni512TileDecode, Q8_0Policy>(nt), decode_fns<Vnni512TileDecode, Q4_0Policy>(nt),
+      decode_fns<Vnni512TileDecode, Q4_KPolicy>(nt), decode_fns<Vnni512TileDecode, Q6_KPolicy>(nt)};
+  static const std::array<DecodeFn, kDecodeMaxTokens> kAvx2[] = {
+      decode_fns<Avx2TileDecode, Q8_0Policy>(nt), decode_fns<Avx2TileDecode, Q4_0Policy>(nt),
+      decode_fns<Avx2TileDecode, Q4_KPolicy>(nt), decode_fns<Avx2TileDecode, Q6_KPolicy>(nt)};
   int type = -1;
   switch (t) {
     case DType::Q8_0: type = 0; break;
