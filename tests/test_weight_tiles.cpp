@@ -6,6 +6,8 @@
 //   - the format itself, independently of the untiler: every byte of a block tile where the
 //     header's formulas put it (Q8_0, Q4_0, Q4_K), and for Q6_K the 6-bit values decoded from
 //     lo/hi as the header states give ref::dequantize_row's values
+//   - the float matmul path (int8 activations off) and ref::matmul read tiled weights: the same
+//     bits as from Rows layout, at every SIMD level, thread count and token count
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -15,9 +17,12 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "core/tensor.h"
+#include "core/thread_pool.h"
 #include "kernels/dequant.h"
+#include "kernels/matmul.h"
 #include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
+#include "quant/quantize.h"
 
 namespace mixtral {
 namespace {
@@ -203,6 +208,52 @@ TEST(WeightTiles, Q6KValuesDecodeAsTheHeaderSays) {
       }
     }
   }
+}
+
+// Quantized weights read through the float path (int8 activations off) and ref::matmul give the
+// same bits from tiles as from rows: single tokens (the in-place kernels where the ISA has them),
+// a few and many tokens (dequantized tiles), full groups and tail rows, 1 and 2 threads.
+TEST(WeightTiles, FloatMatmulReadsTiles) {
+  const bool int8_was = int8_activations();
+  set_int8_activations(false);
+  const SimdLevel best = best_simd_level();
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (DType t : kTiled)
+    for (int64_t rows : {48, 40, 5}) {
+      const int64_t cols = 512;
+      std::vector<float> wf(size_t(rows * cols));
+      for (float& v : wf) v = normal(rng);
+      std::vector<uint8_t> bytes(row_bytes(t, cols) * size_t(rows));
+      for (int64_t r = 0; r < rows; ++r)
+        quantize_row(t, wf.data() + r * cols, bytes.data() + size_t(r) * row_bytes(t, cols), cols);
+      const Matrix W{t, rows, cols, bytes.data()};
+      std::vector<uint8_t> tiled_bytes = bytes;
+      Matrix T{t, rows, cols, tiled_bytes.data()};
+      ASSERT_TRUE(to_tiles(T, tiled_bytes.data()));
+      for (int64_t n : {1, 3, 9}) {
+        SCOPED_TRACE(std::string(dtype_name(t)) + " rows " + std::to_string(rows) + " tokens " + std::to_string(n));
+        std::vector<float> x(size_t(n * cols));
+        for (float& v : x) v = normal(rng);
+        std::vector<float> want(size_t(n * rows)), got(want.size());
+        ref::matmul(W, x.data(), n, want.data());
+        ref::matmul(T, x.data(), n, got.data());
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref::matmul";
+        for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512}) {
+          if (int(l) > int(best)) continue;
+          set_simd_level(l);
+          for (int threads : {1, 2}) {
+            ThreadPool pool(threads);
+            matmul(W, x.data(), n, want.data(), pool);
+            matmul(T, x.data(), n, got.data(), pool);
+            EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+                << (l == SimdLevel::AVX2 ? "AVX2" : "AVX512") << ", " << threads << " threads";
+          }
+        }
+        set_simd_level(best);
+      }
+    }
+  set_int8_activations(int8_was);
 }
 
 }  // namespace
