@@ -7,7 +7,8 @@
 //     header's formulas put it (Q8_0, Q4_0, Q4_K), and for Q6_K the 6-bit values decoded from
 //     lo/hi as the header states give ref::dequantize_row's values
 //   - the float matmul path (int8 activations off) and ref::matmul read tiled weights: the same
-//     bits as from Rows layout, at every SIMD level, thread count and token count
+//     bits as from Rows layout, at every SIMD level, thread count and token count; so does the
+//     int8-activation path (matmul_q8)
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -210,12 +211,13 @@ TEST(WeightTiles, Q6KValuesDecodeAsTheHeaderSays) {
   }
 }
 
-// Quantized weights read through the float path (int8 activations off) and ref::matmul give the
-// same bits from tiles as from rows: single tokens (the in-place kernels where the ISA has them),
-// a few and many tokens (dequantized tiles), full groups and tail rows, 1 and 2 threads.
-TEST(WeightTiles, FloatMatmulReadsTiles) {
+// Quantized weights give the same bits from tiles as from rows, through the int8-activation path
+// (matmul_q8) or the float path (int8 off; there ref::matmul too): single tokens (the float
+// path's in-place kernels where the ISA has them), a few and many tokens, full groups and tail
+// rows, both ISAs, 1 and 2 threads.
+void expect_matmul_reads_tiles(bool int8) {
   const bool int8_was = int8_activations();
-  set_int8_activations(false);
+  set_int8_activations(int8);
   const SimdLevel best = best_simd_level();
   std::mt19937 rng(21);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -236,9 +238,11 @@ TEST(WeightTiles, FloatMatmulReadsTiles) {
         std::vector<float> x(size_t(n * cols));
         for (float& v : x) v = normal(rng);
         std::vector<float> want(size_t(n * rows)), got(want.size());
-        ref::matmul(W, x.data(), n, want.data());
-        ref::matmul(T, x.data(), n, got.data());
-        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref::matmul";
+        if (!int8) {
+          ref::matmul(W, x.data(), n, want.data());
+          ref::matmul(T, x.data(), n, got.data());
+          EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float))) << "ref::matmul";
+        }
         for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512}) {
           if (int(l) > int(best)) continue;
           set_simd_level(l);
@@ -255,6 +259,9 @@ TEST(WeightTiles, FloatMatmulReadsTiles) {
     }
   set_int8_activations(int8_was);
 }
+
+TEST(WeightTiles, FloatMatmulReadsTiles) { expect_matmul_reads_tiles(false); }
+TEST(WeightTiles, Int8MatmulReadsTiles) { expect_matmul_reads_tiles(true); }
 
 }  // namespace
 }  // namespace mixtral
