@@ -280,7 +280,16 @@ TEST(Cli, BenchJsonForm) {
     EXPECT_GT(t["avg_ts"].get<double>(), 0);
     EXPECT_GE(t["stddev_ts"].get<double>(), 0);
     EXPECT_EQ(t["samples_ts"].size(), 2u);
+    EXPECT_EQ(t["tiles"], true);  // read into memory: tiled
   }
+  // --no-tiles, and a mapped model: in file order (the markdown form says so too).
+  const Result nt = run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "0", "-n", "2", "-r", "1", "-o", "json",
+                         "--no-mmap", "--no-tiles"});
+  ASSERT_EQ(nt.status, 0) << nt.err;
+  EXPECT_EQ(nlohmann::json::parse(nt.out)[0]["tiles"], false);
+  const Result md = run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "0", "-n", "2", "-r", "1"});
+  ASSERT_EQ(md.status, 0) << md.err;
+  EXPECT_NE(md.out.find("memory-mapped; in file order"), std::string::npos) << md.out;
   expect_clean_error(run({"bench", "-m", fixture("gguf/tiny-q8_0.gguf"), "-p", "1,x"}), {"-p"});
   // -f: real text instead of random tokens.
   const std::string text = temp_path("bench.txt");

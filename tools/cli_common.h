@@ -74,6 +74,7 @@ struct ModelFlags {
   int64_t experts_per_token = 0;
   bool preload = false;
   bool no_mmap = false;
+  bool no_tiles = false;
   std::string memory_budget;  // "" = offload only what does not fit in available memory
   std::string cache_policy = "lfu", prefetch = "router";
   int io_threads = 2;
@@ -97,6 +98,12 @@ struct ModelFlags {
         ->check(CLI::PositiveNumber);
   }
 
+  void add_no_tiles_flag(CLI::App* app) {
+    app->add_flag("--no-tiles", no_tiles,
+                  "keep quantized weights in file order instead of tiling them for the int8 kernels when they are in "
+                  "memory (--no-mmap, offloading); for A/B benchmarks");
+  }
+
   void add(CLI::App* app, bool with_ctx = true) {
     add_model_option(app, model);
     app->add_option("-t,--threads", threads, "threads (default: all cores)");
@@ -105,6 +112,7 @@ struct ModelFlags {
     app->add_option("--experts-per-token", experts_per_token, "override the router's top-k");
     app->add_flag("--preload", preload, "touch every weight page before running (no page faults later)");
     app->add_flag("--no-mmap", no_mmap, "read the model into memory instead of mapping it (pages cannot be evicted)");
+    add_no_tiles_flag(app);
     add_memory_flags(app);
   }
   std::unique_ptr<Model> load() const {
@@ -112,6 +120,7 @@ struct ModelFlags {
     if (experts_per_token > 0) o.experts_per_token = experts_per_token;
     o.prefetch = preload;
     o.no_mmap = no_mmap;
+    o.tiles = !no_tiles;
     if (!memory_budget.empty()) o.memory_budget = parse_size(memory_budget, "--memory-budget");
     else o.auto_budget = true;
     o.cache.policy = parse_cache_policy(cache_policy);

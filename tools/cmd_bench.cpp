@@ -207,7 +207,7 @@ int run_bench(const BenchFlags& f) {
     for (const auto& r : results) {
       nlohmann::json j = {{"model", f.model.model}, {"test", r.test}, {"tokens", f.text_file.empty() ? "random" : f.text_file}, {"threads", r.threads}, {"n_prompt", r.n_prompt},
                           {"n_gen", r.n_gen}, {"avg_ts", r.mean()}, {"stddev_ts", r.stddev()}, {"samples_ts", r.ts},
-                          {"mmap", !f.model.no_mmap}, {"peak_rss_gib", rss}};
+                          {"mmap", !f.model.no_mmap}, {"tiles", model->tiled()}, {"peak_rss_gib", rss}};
       if (r.n_gen) j["weight_gbs"] = r.mean() * bpt / 1e9;
       if (r.n_prompt) j["gflops"] = r.mean() * fpt / 1e9;
       if (read_gbs > 0) {
@@ -238,7 +238,10 @@ int run_bench(const BenchFlags& f) {
                                       (f.model.memory_budget.empty() ? "auto" : f.model.memory_budget) + ")"
                                 : f.model.no_mmap ? "read into memory (--no-mmap)"
                                                   : "memory-mapped";
-  std::printf("weights: %s; %s, loaded in %.1f s\n", model->dtype_summary().c_str(), where.c_str(), load_s);
+  char tiles[96];
+  if (model->tiled()) std::snprintf(tiles, sizeof tiles, "; tiled for the int8 kernels (%.2f s)", model->tile_seconds());
+  else std::snprintf(tiles, sizeof tiles, "; in file order%s", f.model.no_tiles ? " (--no-tiles)" : "");
+  std::printf("weights: %s; %s%s, loaded in %.1f s\n", model->dtype_summary().c_str(), where.c_str(), tiles, load_s);
   std::printf("per decoded token: %.3f GB of weights read; per prompt token: %.2f GFLOP\n", bpt / 1e9, fpt / 1e9);
   std::printf("tokens: %s\n", f.text_file.empty() ? "random vocabulary tokens (seeded; no repeats to flatter the MoE)"
                                                    : ("the text of " + f.text_file + ", read cyclically").c_str());
@@ -280,6 +283,7 @@ void add_bench_command(CLI::App& app, Commands& commands) {
   cmd->add_option("-o,--output", f->output, "md or json")->check(CLI::IsMember({"md", "json"}));
   cmd->add_option("--experts-per-token", f->model.experts_per_token, "override the router's top-k");
   cmd->add_flag("--no-mmap", f->model.no_mmap, "read the model into memory (recommended: this VM evicts idle mapped pages)");
+  f->model.add_no_tiles_flag(cmd);
   cmd->add_flag("--measure-limits", f->limits, "also measure the machine's read bandwidth (before and after the tests; the higher is the ceiling)");
   cmd->add_option("-f,--file", f->text_file,
                   "tokens of this text file (read cyclically) instead of random vocabulary tokens")

@@ -218,7 +218,9 @@ int cmd_quantize(const std::string& in, const std::string& out, const std::strin
   o.per_expert_layout = per_expert;
   const auto t0 = Clock::now();
   o.progress = parameter_progress("quantize", t0);
-  const auto model = Model::load(in);
+  LoadOptions lo;
+  lo.tiles = false;  // (mapped files are never tiled anyway) export_gguf reads weights in file order
+  const auto model = Model::load(in, lo);
   export_gguf(*model, out, o);
   std::fprintf(stderr, "\nwrote %s (%s) in %.1f s\n", out.c_str(), type.c_str(), seconds_since(t0));
   return 0;

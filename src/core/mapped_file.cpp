@@ -41,6 +41,7 @@ MappedFile::MappedFile(const std::string& path, bool in_memory) : path_(path) {
     }
     ::mprotect(p, size_, PROT_READ);
     data_ = static_cast<const uint8_t*>(p);
+    in_memory_ = true;
   } else if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
@@ -55,6 +56,18 @@ MappedFile::MappedFile(const std::string& path, bool in_memory) : path_(path) {
 
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+uint8_t* MappedFile::writable() {
+  if (!in_memory_) return nullptr;
+  uint8_t* p = const_cast<uint8_t*>(data_);
+  if (::mprotect(p, size_, PROT_READ | PROT_WRITE) != 0)
+    fail(path_, std::string("cannot make the bytes read into memory writable: ") + std::strerror(errno));
+  return p;
+}
+
+void MappedFile::seal() {
+  if (in_memory_) ::mprotect(const_cast<uint8_t*>(data_), size_, PROT_READ);
 }
 
 uint64_t MappedFile::touch() const {

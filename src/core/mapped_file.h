@@ -21,6 +21,13 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
 
+  // A file read into memory (in_memory): its bytes, made writable until seal() — loading changes
+  // weights in place through them (weight tiles, kernels/weight_tiles.h). nullptr for a mapped
+  // file (its pages are the page cache's; writing would copy them).
+  uint8_t* writable();
+  // Read-only again (as the bytes are after construction).
+  void seal();
+
   // Reads every page once, so later use does not wait on the disk (--no-mmap style warm-up
   // without a copy). Returns a checksum so the reads are not optimised away.
   uint64_t touch() const;
@@ -29,6 +36,7 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  bool in_memory_ = false;
 };
 
 }  // namespace mixtral

@@ -76,6 +76,7 @@ class GgufFile {
   const std::vector<RawTensor>& tensors() const { return tensors_; }
   const RawTensor* find(const std::string& name) const;  // nullptr when absent
   const MappedFile& file() const { return *file_; }
+  MappedFile& file() { return *file_; }  // to change bytes read into memory (MappedFile::writable)
 
  private:
   struct Kv {

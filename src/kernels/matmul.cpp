@@ -44,6 +44,7 @@
 #include "kernels/kernel_util.h"
 #include "kernels/matmul_bf16.h"
 #include "kernels/matmul_q8.h"
+#include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
 
 namespace mixtral {
@@ -51,7 +52,8 @@ namespace {
 
 using namespace kernel_util;  // kLanes, reduce16, Scratch, prefetch
 
-constexpr int64_t kTileRows = 16;    // rows per tile; threads get multiples of this many rows
+// Rows per tile: kTileRows (16, weight_tiles.h); threads get multiples of this many rows, so a
+// tile of a Tiles16 matrix is one of its groups.
 // Columns per chunk: multiples of 256 (Q4_K/Q6_K blocks) and 16. For a few tokens a tile is
 // used once, and a short chunk keeps it in L1; many tokens reuse it, and longer runs pay off.
 constexpr int64_t kFewTokens = 8;
@@ -414,6 +416,7 @@ struct Plan {
 void matmul_rows(const Matrix& W, const float* x, int64_t n_tokens, float* y, int64_t r0,
                  int64_t r1, const Plan& plan) {
   thread_local Scratch<float> acc_scratch, w_scratch;
+  thread_local Scratch<uint8_t> untiled_scratch;
   const IsaKernels& ks = *plan.ks;
   const int64_t K = W.cols, N = W.rows, chunk = plan.chunk;
   const int64_t group = std::min(n_tokens, kTokenGroup);
@@ -422,15 +425,25 @@ void matmul_rows(const Matrix& W, const float* x, int64_t n_tokens, float* y, in
   float* wbuf = plan.dequant ? w_scratch.get(size_t(kTileRows * chunk)) : nullptr;
   const DTypeInfo info = dtype_info(W.dtype);
   auto byte_offset = [&](int64_t col) { return size_t(col / info.block_size) * info.block_bytes; };
+  // Tiled weights (weight_tiles.h; quantized dtypes only) are read from a copy of each tile's
+  // rows in Rows layout: this path is for comparisons (int8 activations off), not for speed.
+  const bool tiled = W.layout != Layout::Rows;
+  const size_t rb = W.row_bytes();
+  uint8_t* untiled = tiled ? untiled_scratch.get(size_t(kTileRows) * rb) : nullptr;
 
   for (int64_t rt = r0; rt < r1; rt += kTileRows) {
     const int64_t nr = std::min(kTileRows, r1 - rt);
+    const uint8_t* rows = W.row(rt);  // the tile's nr rows in Rows layout, rb bytes apart
+    if (tiled) {
+      for (int64_t r = 0; r < nr; ++r) copy_row(W, rt + r, untiled + size_t(r) * rb);
+      rows = untiled;
+    }
     for (int64_t t0 = 0; t0 < n_tokens; t0 += group) {
       const int64_t nt = std::min(group, n_tokens - t0);
       std::memset(acc, 0, sizeof(float) * size_t(nr * acc_rs));
       for (int64_t k0 = 0; k0 < K; k0 += chunk) {
         const int64_t kc = std::min(chunk, K - k0);
-        {  // prefetch the next chunk of this tile, or the first of the next tile
+        if (!tiled) {  // prefetch the next chunk of this tile, or the first of the next tile
           const bool last = k0 + chunk >= K;
           const int64_t pr0 = last ? rt + kTileRows : rt, pk = last ? 0 : k0 + chunk;
           const int64_t pr1 = std::min(pr0 + kTileRows, r1);
@@ -441,12 +454,12 @@ void matmul_rows(const Matrix& W, const float* x, int64_t n_tokens, float* y, in
         int64_t ws;
         if (plan.dequant) {
           for (int64_t r = 0; r < nr; ++r)
-            plan.dequant(W.row(rt + r) + byte_offset(k0), wbuf + r * chunk, kc);
+            plan.dequant(rows + size_t(r) * rb + byte_offset(k0), wbuf + r * chunk, kc);
           wt = reinterpret_cast<const uint8_t*>(wbuf);
           ws = chunk * int64_t(sizeof(float));
         } else {
-          wt = W.row(rt) + byte_offset(k0);
-          ws = int64_t(W.row_bytes());
+          wt = rows + byte_offset(k0);
+          ws = int64_t(rb);
         }
         for (int64_t tb = 0; tb < nt; tb += ks.t_max) {
           const int64_t ntb = std::min<int64_t>(ks.t_max, nt - tb);
@@ -473,7 +486,25 @@ void set_int8_activations(bool on) { g_int8_activations.store(on, std::memory_or
 bool int8_activations() { return g_int8_activations.load(std::memory_order_relaxed); }
 
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
-  if (int8_activations() && int8_activation_dtype(W.dtype)) return matmul_q8(W, x, n_tokens, y, pool);
+  if (int8_activations() && int8_activation_dtype(W.dtype)) {
+    // TEMPORARY, until matmul_q8 reads Tiles16 itself (the tiled int8 kernels): a tiled W is
+    // untiled into a per-call copy first, so tiled models give the right bits meanwhile (slowly:
+    // the whole matrix is copied on every call). Delete this block when those kernels land.
+    if (W.layout != Layout::Rows) {
+      thread_local std::vector<uint8_t> rows;
+      const size_t rb = W.row_bytes();
+      rows.resize(W.bytes());
+      uint8_t* dst = rows.data();  // this thread's buffer (a worker's `rows` is its own)
+      pool.parallel_for(
+          W.rows, [&](int64_t r0, int64_t r1) { for (int64_t r = r0; r < r1; ++r) copy_row(W, r, dst + size_t(r) * rb); },
+          kTileRows);
+      const Matrix R{W.dtype, W.rows, W.cols, dst, Layout::Rows};
+      return matmul_q8(R, x, n_tokens, y, pool);
+    }
+    return matmul_q8(W, x, n_tokens, y, pool);
+  }
+  if (W.layout != Layout::Rows && !tileable(W.dtype))  // BF16 (matmul_bf16) and F32/F16 read rows
+    fail("matmul", "only quantized weights have a tiled layout");
   const DTypeInfo info = dtype_info(W.dtype);
   if (W.cols % info.block_size != 0)
     fail("matmul", std::string(info.name) + " weights need a multiple of " +
@@ -510,8 +541,9 @@ namespace ref {
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y) {
   const int64_t K = W.cols, N = W.rows;
   std::vector<float> w(size_t(std::max<int64_t>(K, 1)));
+  std::vector<uint8_t> row(W.row_bytes());
   for (int64_t r = 0; r < N; ++r) {
-    ref::dequantize_row(W.dtype, W.row(r), w.data(), K);
+    ref::dequantize_row(W.dtype, row_in_rows_layout(W, r, row.data()), w.data(), K);
     for (int64_t t = 0; t < n_tokens; ++t) {
       const float* xt = x + t * K;
       float s = 0.0f;

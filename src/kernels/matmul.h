@@ -25,7 +25,8 @@ namespace mixtral {
 // y[t][r] = sum_k W[r][k] * x[t][k] for t < n_tokens, r < W.rows  (y = x·Wᵀ, like nn.Linear).
 // x: [n_tokens][W.cols] float, y: [n_tokens][W.rows] float. Rows are split across the pool's
 // threads; each y element is computed by one thread in a fixed order (above). y must not overlap
-// x. Throws Error when W.cols is not a multiple of W's block size.
+// x. W may be in either layout (Matrix::layout; tiles for the quantized dtypes only), with the
+// same result. Throws Error when W.cols is not a multiple of W's block size.
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
 // Whether quantized weights multiply int8 activations (default: on). Process-wide; like
@@ -38,7 +39,7 @@ bool int8_activations();
 float dot_f32(const float* a, const float* b, int64_t n);
 
 namespace ref {
-// Scalar: ref::dequantize_row each row, then a plain float loop per output (the float path's
+// Scalar: ref::dequantize_row each row (either layout), then a plain float loop per output (the float path's
 // oracle; ref::matmul_q8 in matmul_q8.h is the int8 path's).
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y);
 float dot_f32(const float* a, const float* b, int64_t n);

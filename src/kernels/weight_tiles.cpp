@@ -44,44 +44,57 @@ void for_each_piece(DType t, int r, F&& f) {
 constexpr size_t q6_lo(int b, int k, int r) { return 288 + 384 * size_t(b) + 64 * size_t(k) + 4 * size_t(r); }
 constexpr size_t q6_hi(int b, int h, int r) { return q6_lo(b, 4 + h, r); }
 
-// Value i (< 32) of 32-column block b (< 8) of a Q6_K block: the 6-bit quant, 0..63.
-int q6_value(const BlockQ6_K& blk, int b, int i) {
-  const int h = b / 4, q = b % 4;
-  const int low4 = (blk.ql[64 * h + 32 * (q % 2) + i] >> (4 * (q / 2))) & 0xF;
-  const int high2 = (blk.qh[32 * h + i] >> (2 * q)) & 3;
-  return low4 | (high2 << 4);
+// Q6_K's values move a dword (4 values of a row) at a time; every mask keeps bits inside their
+// byte, so a dword's 4 bytes are 4 independent lanes. For 32-column block b (half h = b / 4,
+// quarter q = b % 4), value i (< 32) has
+//   low4  = (QL[i] >> 4(q / 2)) & 15   QL = ql + 64h + 32(q % 2)
+//   high2 = (QH[i] >> 2q) & 3          QH = qh + 32h
+// (quant/blocks.h). In the tile (weight_tiles.h), dword k of lo holds values 4k..4k+3 in its low
+// nibbles and 16 + 4k.. in its high nibbles: the low4 of QL dwords k and 4 + k; dword h' of hi
+// holds, in bits 2m..2m+1 of each byte, the high2 of QH dword 4h' + m.
+uint32_t dword(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
 }
+void put_dword(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+constexpr uint32_t kLowNibbles = 0x0F0F0F0Fu, kLow2 = 0x03030303u;
 
 void tile_q6_values(const uint8_t* src, int r, uint8_t* tile) {
   const auto& blk = *reinterpret_cast<const BlockQ6_K*>(src);
   for (int b = 0; b < 8; ++b) {
-    int v[32];
-    for (int i = 0; i < 32; ++i) v[i] = q6_value(blk, b, i);
+    const int h = b / 4, q = b % 4, s = 4 * (q / 2);
+    const uint8_t* ql = blk.ql + 64 * h + 32 * (q % 2);
+    const uint8_t* qh = blk.qh + 32 * h;
     for (int k = 0; k < 4; ++k)
-      for (int i = 0; i < 4; ++i) tile[q6_lo(b, k, r) + size_t(i)] = uint8_t((v[4 * k + i] & 15) | (v[16 + 4 * k + i] & 15) << 4);
-    for (int h = 0; h < 2; ++h)
-      for (int i = 0; i < 4; ++i) {
-        int bits = 0;
-        for (int m = 0; m < 4; ++m) bits |= (v[4 * (4 * h + m) + i] >> 4) << (2 * m);
-        tile[q6_hi(b, h, r) + size_t(i)] = uint8_t(bits);
-      }
+      put_dword(tile + q6_lo(b, k, r),
+                ((dword(ql + 4 * k) >> s) & kLowNibbles) | ((dword(ql + 16 + 4 * k) >> s) & kLowNibbles) << 4);
+    for (int hh = 0; hh < 2; ++hh) {
+      uint32_t bits = 0;
+      for (int m = 0; m < 4; ++m) bits |= ((dword(qh + 4 * (4 * hh + m)) >> (2 * q)) & kLow2) << (2 * m);
+      put_dword(tile + q6_hi(b, hh, r), bits);
+    }
   }
 }
 
 void untile_q6_values(const uint8_t* tile, int r, uint8_t* dst) {
-  auto& blk = *reinterpret_cast<BlockQ6_K*>(dst);
-  std::memset(blk.ql, 0, sizeof blk.ql);
-  std::memset(blk.qh, 0, sizeof blk.qh);
+  uint32_t ql[32] = {}, qh[16] = {};  // the block's ql and qh as dwords
   for (int b = 0; b < 8; ++b) {
-    const int h = b / 4, q = b % 4;
-    for (int j = 0; j < 32; ++j) {  // value j = 4k + i
-      const int k = j / 4, i = j % 4;
-      const int low4 = (tile[q6_lo(b, k % 4, r) + size_t(i)] >> (4 * (k / 4))) & 15;
-      const int high2 = (tile[q6_hi(b, k / 4, r) + size_t(i)] >> (2 * (k % 4))) & 3;
-      blk.ql[64 * h + 32 * (q % 2) + j] |= uint8_t(low4 << (4 * (q / 2)));
-      blk.qh[32 * h + j] |= uint8_t(high2 << (2 * q));
+    const int h = b / 4, q = b % 4, s = 4 * (q / 2);
+    uint32_t* l = ql + 16 * h + 8 * (q % 2);
+    for (int k = 0; k < 4; ++k) {
+      const uint32_t lo = dword(tile + q6_lo(b, k, r));
+      l[k] |= (lo & kLowNibbles) << s;
+      l[4 + k] |= ((lo >> 4) & kLowNibbles) << s;
+    }
+    for (int hh = 0; hh < 2; ++hh) {
+      const uint32_t hi = dword(tile + q6_hi(b, hh, r));
+      for (int m = 0; m < 4; ++m) qh[8 * h + 4 * hh + m] |= ((hi >> (2 * m)) & kLow2) << (2 * q);
     }
   }
+  auto& blk = *reinterpret_cast<BlockQ6_K*>(dst);
+  std::memcpy(blk.ql, ql, sizeof blk.ql);
+  std::memcpy(blk.qh, qh, sizeof blk.qh);
 }
 
 void tile_block(DType t, const uint8_t* src, int r, uint8_t* tile) {

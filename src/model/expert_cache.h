@@ -15,7 +15,8 @@
 // Which slot is reused is the policy's call: LRU, or LFU-decay (a use count that decays by half
 // every `half_life` tokens, ties broken by recency), which keeps the experts a model prefers
 // under skewed load. Every decision depends on the sequence of calls only, and loading never
-// changes a weight byte, so results are bitwise the same as with every expert resident.
+// changes a weight value (with `tiles` it reorders an expert's bytes into tiles, which the
+// kernels read to the same bits), so results are bitwise the same as with every expert resident.
 #pragma once
 #include <array>
 #include <condition_variable>
@@ -58,6 +59,9 @@ struct ExpertCacheOptions {
   PrefetchMode prefetch = PrefetchMode::Router;
   double half_life = 16;  // LFU: tokens for a use count to decay by half
   int io_threads = 2;
+  // Tile each expert's matrices in its slot after reading them (kernels/weight_tiles.h; the
+  // views then have layout Tiles16 where the dtype has tiles). Model::load: LoadOptions::tiles.
+  bool tiles = false;
 };
 
 struct ExpertCacheStats {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/error.h"
 #include "io/gguf_writer.h"
 #include "kernels/dequant.h"
 #include "quant/quantize.h"
@@ -18,8 +19,11 @@ int64_t source_row(int64_t r, int64_t head_dim, bool permute) {
   return h * head_dim + (j % 2 ? head_dim / 2 + i : i);
 }
 
-// Appends the matrix converted to `type` to `out`.
+// Appends the matrix converted to `type` to `out`. m must be in Rows layout: an exported model
+// is loaded with LoadOptions::tiles off (tiles are a memory layout, never written to files).
 void convert(const Matrix& m, DType type, bool permute_qk, int64_t head_dim, std::vector<uint8_t>& out) {
+  if (m.layout != Layout::Rows)
+    fail("export", "a weight matrix is tiled (load the model with LoadOptions::tiles = false to export it)");
   std::vector<float> row(static_cast<size_t>(m.cols));
   const size_t rb = row_bytes(type, m.cols);
   const size_t start = out.size();

@@ -28,6 +28,7 @@ struct ExportOptions {
 // writes `path`. HF q/k rows are permuted into GGUF's order, so RoPE is adjacent-pair in the
 // result. A matrix whose row length is not a multiple of the type's block falls back to Q8_0,
 // then F16 (as llama-quantize does). Holds the converted tensors in memory until written.
+// Throws Error when a matrix is tiled: load the model with LoadOptions::tiles = false.
 void export_gguf(const Model& model, const std::string& path, const ExportOptions& options);
 
 // The KVs every exported file starts with, in llama.cpp's names: the llama-architecture

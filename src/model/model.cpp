@@ -1,17 +1,25 @@
 #include "model/model.h"
 
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <functional>
-#include <cstdlib>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "core/direct_file.h"
 #include "core/error.h"
+#include "core/mapped_file.h"
 #include "core/memory.h"
+#include "core/thread_pool.h"
 #include "io/gguf.h"
 #include "io/hf_checkpoint.h"
 #include "kernels/dequant.h"
+#include "kernels/weight_tiles.h"
 #include "text/sentencepiece_model.h"
 
 namespace mixtral {
@@ -109,6 +117,20 @@ void for_each_matrix(const Weights& w, F f) {
     }
   }
 }
+
+// The matrices LoadOptions::tiles tiles: every weight matrix but the embedding (the forward pass
+// reads single rows of it with dequantize_row) and the LM head when it is the embedding (tied).
+template <class F>
+void for_each_tileable(Weights& w, F f) {
+  if (w.output.data != w.token_embd.data) f(w.output);
+  for (auto& L : w.layers) {
+    for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.router})
+      if (!m->empty()) f(*m);
+    for (auto& e : L.experts)
+      for (Matrix* m : {&e.w1, &e.w3, &e.w2})
+        if (!m->empty()) f(*m);
+  }
+}
 }  // namespace
 
 Model::~Model() = default;
@@ -164,6 +186,17 @@ std::unique_ptr<Model> Model::load(const std::string& path, const LoadOptions& o
   if (budget) {
     m->offload_experts(m->gguf_ ? std::vector<const MappedFile*>{&m->gguf_->file()} : m->hf_->mappings(), *budget,
                        options);
+  } else if (in_memory && options.tiles && m->gguf_) {  // (safetensors hold no tileable dtypes)
+    MappedFile& file = m->gguf_->file();
+    std::vector<std::pair<Matrix*, uint8_t*>> jobs;
+    uint8_t* bytes = nullptr;
+    for_each_tileable(m->weights_, [&](Matrix& w) {
+      if (!tileable(w.dtype)) return;
+      if (!bytes) bytes = file.writable();
+      jobs.emplace_back(&w, bytes + (w.data - file.data()));
+    });
+    m->tile(jobs);
+    file.seal();
   }
   if (options.prefetch) m->prefetch();
   return m;
@@ -216,24 +249,56 @@ void Model::offload_experts(const std::vector<const MappedFile*>& files, uint64_
   // Read the resident weights into memory past the page cache, and point the views at them.
   std::vector<std::unique_ptr<DirectFile>> readers;
   for (const std::string& p : paths) readers.push_back(std::make_unique<DirectFile>(p));
+  std::vector<std::pair<Matrix*, uint8_t*>> jobs;  // resident weights to tile
   for (Matrix* m : resident) {
     const auto part = locate(*m);
     const size_t span = DirectFile::span(part.offset, m->bytes());
     void* buf = std::aligned_alloc(DirectFile::kAlign, span);
     if (!buf) fail("--memory-budget", "cannot allocate " + format_size(span) + " for resident weights");
     owned_.emplace_back(static_cast<uint8_t*>(buf), std::free);
-    const uint8_t* data = readers[size_t(part.file)]->read(part.offset, m->bytes(), owned_.back().get());
+    uint8_t* own = owned_.back().get();
+    const uint8_t* data = readers[size_t(part.file)]->read(part.offset, m->bytes(), own);
     if (m == &weights_.token_embd && config_.tied_embeddings) weights_.output.data = data;
     m->data = data;
+    if (o.tiles && m != &weights_.token_embd && tileable(m->dtype)) jobs.emplace_back(m, own + (data - own));
   }
+  tile(jobs);
   for (auto& L : weights_.layers)
     for (auto& e : L.experts) e.w1.data = e.w3.data = e.w2.data = nullptr;  // only through the cache now
 
   ExpertCacheOptions co = o.cache;
+  co.tiles = o.tiles;
+  for (const auto& part : where[0][0].parts) tiled_ = tiled_ || (o.tiles && tileable(part.shape.dtype));
   const int64_t fit = int64_t((budget - fixed) / slot);
   co.n_slots = co.n_slots > 0 ? std::min(co.n_slots, fit) : fit;  // a caller's cap (tests) only lowers it
   experts_ = std::make_unique<ExpertCache>(paths, std::move(where), co);
   if (o.fill_cache) experts_->fill();
+}
+
+void Model::tile(const std::vector<std::pair<Matrix*, uint8_t*>>& jobs) {
+  if (jobs.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < jobs.size();) {
+      try {
+        to_tiles(*jobs[i].first, jobs[i].second);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(error_mu);
+        if (!error) error = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  const size_t n = std::min<size_t>(size_t(ThreadPool::default_threads()), jobs.size());
+  for (size_t t = 1; t < n; ++t) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+  tiled_ = true;
+  tile_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void Model::bind_gguf(const GgufFile& g) {

@@ -23,6 +23,12 @@ struct LoadOptions {
   std::optional<int64_t> experts_per_token;  // overrides the config's top-k
   bool prefetch = false;                     // read every page once after mapping (--preload)
   bool no_mmap = false;                      // read the files into memory instead of mapping them
+  // Weights in writable memory (no_mmap, the resident copies and expert slots of offloading) are
+  // tiled in place (kernels/weight_tiles.h: Q8_0/Q4_0/Q4_K/Q6_K in the order the int8 kernels
+  // read them; the same values) — all but the embedding, which is read a row at a time, and the
+  // LM head when it is the embedding. Mapped files are never tiled (read-only pages). Off
+  // (--no-tiles): weights stay in file order, for A/B comparisons and for exporting.
+  bool tiles = true;
 
   // Experts out of memory (--memory-budget). With a budget, everything but the experts is read
   // into memory and the experts go through an ExpertCache whose slots fill what the budget
@@ -62,6 +68,11 @@ class Model {
   ExpertCache* expert_cache() const { return experts_.get(); }
   // Bytes of weights held in memory (all of them, or all but the experts when offloaded).
   size_t resident_weight_bytes() const;
+  // Whether weight matrices are held as tiles (LoadOptions::tiles took effect: a model with
+  // tileable dtypes in writable memory), and the seconds loading spent tiling them (the resident
+  // ones; the expert cache tiles each expert as it reads it).
+  bool tiled() const { return tiled_; }
+  double tile_seconds() const { return tile_seconds_; }
 
  private:
   Model() = default;
@@ -69,6 +80,8 @@ class Model {
   void bind_hf(const HfCheckpoint& hf);
   // Moves the non-expert weights into memory and hands the experts to an ExpertCache.
   void offload_experts(const std::vector<const MappedFile*>& files, uint64_t budget, const LoadOptions& o);
+  // Tiles each (matrix, its bytes made writable) in place, on all cores (LoadOptions::tiles).
+  void tile(const std::vector<std::pair<Matrix*, uint8_t*>>& jobs);
 
   std::string path_;
   Config config_;
@@ -78,6 +91,8 @@ class Model {
   std::unique_ptr<HfCheckpoint> hf_;
   std::vector<std::unique_ptr<uint8_t, void (*)(void*)>> owned_;  // resident copies (offloading)
   std::unique_ptr<ExpertCache> experts_;
+  bool tiled_ = false;
+  double tile_seconds_ = 0;
 };
 
 }  // namespace mixtral

@@ -247,7 +247,8 @@ void forward(const Model& model, const Batch& b, KVCache& kv, State& s, ThreadPo
   check_batch(c, b, kv, s);
   const int64_t T = b.size(), dim = c.dim;
 
-  // Embedding lookup.  x: [T][dim]
+  // Embedding lookup.  x: [T][dim]  (single rows: Model::load never tiles token_embd)
+  if (w.token_embd.layout != Layout::Rows) fail("forward", "internal: the embedding matrix is tiled");
   pool.parallel_for(T, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) dequantize_row(w.token_embd.dtype, w.token_embd.row(b.token[t]), &s.x[t * dim], dim);
   });
