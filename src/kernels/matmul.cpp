@@ -487,20 +487,6 @@ bool int8_activations() { return g_int8_activations.load(std::memory_order_relax
 
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
   if (int8_activations() && int8_activation_dtype(W.dtype)) {
-    // TEMPORARY, until matmul_q8 reads Tiles16 itself (the tiled int8 kernels): a tiled W is
-    // untiled into a per-call copy first, so tiled models give the right bits meanwhile (slowly:
-    // the whole matrix is copied on every call). Delete this block when those kernels land.
-    if (W.layout != Layout::Rows) {
-      thread_local std::vector<uint8_t> rows;
-      const size_t rb = W.row_bytes();
-      rows.resize(W.bytes());
-      uint8_t* dst = rows.data();  // this thread's buffer (a worker's `rows` is its own)
-      pool.parallel_for(
-          W.rows, [&](int64_t r0, int64_t r1) { for (int64_t r = r0; r < r1; ++r) copy_row(W, r, dst + size_t(r) * rb); },
-          kTileRows);
-      const Matrix R{W.dtype, W.rows, W.cols, dst, Layout::Rows};
-      return matmul_q8(R, x, n_tokens, y, pool);
-    }
     return matmul_q8(W, x, n_tokens, y, pool);
   }
   if (W.layout != Layout::Rows && !tileable(W.dtype))  // BF16 (matmul_bf16) and F32/F16 read rows
