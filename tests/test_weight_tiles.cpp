@@ -143,7 +143,7 @@ void tile_random_group(DType t, int64_t blocks, uint32_t seed, std::vector<uint8
   ASSERT_TRUE(to_tiles(m, tile.data()));
 }
 
-// The header's byte formulas, checked at every byte of every block tile.
+// The header's byte formulas, checked at every byte of every block's body and d's.
 TEST(WeightTiles, FormatMatchesTheHeader) {
   constexpr int64_t kBlocks = 3;
   for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
@@ -151,17 +151,20 @@ TEST(WeightTiles, FormatMatchesTheHeader) {
     std::vector<uint8_t> rows, tile;
     tile_random_group(t, kBlocks, 11, rows, tile);
     const size_t bb = dtype_info(t).block_bytes, rb = bb * kBlocks;
+    const size_t body = t == DType::Q8_0 ? 512 : t == DType::Q4_0 ? 256 : 2304;  // the header's sizes
+    ASSERT_EQ(body, tiles::body_bytes(t));
     for (int64_t j = 0; j < kBlocks; ++j) {
-      const uint8_t* T = tile.data() + size_t(j) * 16 * bb;  // block tile j
+      const uint8_t* T = tile.data() + size_t(j) * body;             // block j's body
+      const uint8_t* D = tile.data() + kBlocks * body + 32 * size_t(j);  // its d's
       for (int r = 0; r < 16; ++r) {
         const uint8_t* b = rows.data() + size_t(r) * rb + size_t(j) * bb;  // row r's block j
-        if (t == DType::Q8_0) {  // d[16] | q[8][16][4], q = qs + 128
-          EXPECT_EQ(0, std::memcmp(T + 2 * r, b, 2));
+        if (t == DType::Q8_0) {  // q[8][16][4], q = qs + 128; d[16] in the d section
+          EXPECT_EQ(0, std::memcmp(D + 2 * r, b, 2));
           for (int k = 0; k < 8; ++k)
-            for (int i = 0; i < 4; ++i) ASSERT_EQ(T[32 + 64 * k + 4 * r + i], uint8_t(b[2 + 4 * k + i] ^ 0x80)) << k;
-        } else if (t == DType::Q4_0) {  // d[16] | n[4][16][4]
-          EXPECT_EQ(0, std::memcmp(T + 2 * r, b, 2));
-          for (int k = 0; k < 4; ++k) ASSERT_EQ(0, std::memcmp(T + 32 + 64 * k + 4 * r, b + 2 + 4 * k, 4)) << k;
+            for (int i = 0; i < 4; ++i) ASSERT_EQ(T[64 * k + 4 * r + i], uint8_t(b[2 + 4 * k + i] ^ 0x80)) << k;
+        } else if (t == DType::Q4_0) {  // n[4][16][4]; d[16] in the d section
+          EXPECT_EQ(0, std::memcmp(D + 2 * r, b, 2));
+          for (int k = 0; k < 4; ++k) ASSERT_EQ(0, std::memcmp(T + 64 * k + 4 * r, b + 2 + 4 * k, 4)) << k;
         } else {  // h[4][16][4] (bytes 0..15: d, dmin, scales) | n[4][8][16][4] (qs dword 8g + k)
           for (int k = 0; k < 4; ++k) ASSERT_EQ(0, std::memcmp(T + 64 * k + 4 * r, b + 4 * k, 4)) << k;
           for (int g = 0; g < 4; ++g)
@@ -185,23 +188,24 @@ TEST(WeightTiles, Q6KValuesDecodeAsTheHeaderSays) {
   for (int r = 0; r < 16; ++r) {
     ref::dequantize_row(DType::Q6_K, rows.data() + size_t(r) * rb, want.data(), kBlocks * QK_K);
     for (int64_t j = 0; j < kBlocks; ++j) {
-      const uint8_t* T = tile.data() + size_t(j) * 16 * bb;
+      const uint8_t* T = tile.data() + size_t(j) * 3328;                // body j (the header's size)
+      const uint8_t* D = tile.data() + kBlocks * 3328 + 32 * size_t(j);  // its d's
       const auto& blk = *reinterpret_cast<const BlockQ6_K*>(rows.data() + size_t(r) * rb + size_t(j) * bb);
-      // d[16] | s[4][16][4]: the fp16 d of row r, then its 16 int8 scales as 4 dwords
-      EXPECT_EQ(0, std::memcmp(T + 2 * r, &blk.d, 2));
-      for (int k = 0; k < 4; ++k) EXPECT_EQ(0, std::memcmp(T + 32 + 64 * k + 4 * r, blk.scales + 4 * k, 4));
+      // s[4][16][4]: row r's 16 int8 scales as 4 dwords; its fp16 d in the d section
+      EXPECT_EQ(0, std::memcmp(D + 2 * r, &blk.d, 2));
+      for (int k = 0; k < 4; ++k) EXPECT_EQ(0, std::memcmp(T + 64 * k + 4 * r, blk.scales + 4 * k, 4));
       uint16_t dh;
-      std::memcpy(&dh, T + 2 * r, 2);
+      std::memcpy(&dh, D + 2 * r, 2);
       const float d = f16_to_f32(dh);
       for (int b = 0; b < 8; ++b) {  // 32-column block b: lo[4][16][4] | hi[2][16][4]
-        const uint8_t* lo = T + 288 + 384 * b;
+        const uint8_t* lo = T + 256 + 384 * b;
         const uint8_t* hi = lo + 4 * 64;
         for (int k = 0; k < 8; ++k)
           for (int i = 0; i < 4; ++i) {
             const int v = ((lo[64 * (k % 4) + 4 * r + i] >> (4 * (k / 4))) & 15) |
                           ((hi[64 * (k / 4) + 4 * r + i] >> (2 * (k % 4))) & 3) << 4;
             const int col = 32 * b + 4 * k + i;
-            const auto scale = int8_t(T[32 + 64 * (col / 16 / 4) + 4 * r + (col / 16) % 4]);
+            const auto scale = int8_t(T[64 * (col / 16 / 4) + 4 * r + (col / 16) % 4]);
             const float x = (d * float(scale)) * float(v - 32);
             ASSERT_EQ(f32_to_bits(x), f32_to_bits(want[size_t(j) * QK_K + size_t(col)]))
                 << "row " << r << " block " << j << " column " << col;

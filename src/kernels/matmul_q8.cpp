@@ -107,8 +107,9 @@ inline void store_rows8(Packed* out, int k, int h, __m256i v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
 }
 
-// Packs blocks [b0, b0 + nb) of a whole group of a Tiles16 W (group: its first byte).
-using PackTilesFn = void (*)(const uint8_t* group, int64_t b0, int64_t nb, Packed* out);
+// Packs 32-column blocks [b0, b0 + nb) of a whole group of a Tiles16 W (group: its first byte;
+// row_blocks: 32-column blocks per row, which place the d section).
+using PackTilesFn = void (*)(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out);
 
 // The packers proper, blocks [b0, b0 + nb): defined inside each Quants struct (so that the
 // AVX-512 ones are compiled, and inline their per-block parts, for AVX-512).
@@ -149,32 +150,37 @@ struct Avx2Quants : Avx2Loaders {
   MIXTRAL_Q8_PACKERS
   // From tiles: the same Packed bytes with plain loads (weight_tiles.h).
   using T = Avx2TileLoaders;
-  static void tiles_q8_0(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+  static void tiles_q8_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
       const uint8_t* t = group + size_t(b0 + j) * tile::kQ8_0;
+      const uint8_t* d = group + size_t(row_blocks) * tile::kQ8_0 + 32 * size_t(b0 + j);
+      prefetch_tiles_ahead(t, tile::kQ8_0, d);
       for (int h = 0; h < 2; ++h) {
         __m256i w[8];
         T::w_q8_0(t, h, w);
         for (int k = 0; k < 8; ++k) store_rows8(out, k, h, w[k]);
       }
-      std::memcpy(out->d16, t, sizeof out->d16);
+      std::memcpy(out->d16, d, sizeof out->d16);
     }
   }
-  static void tiles_q4_0(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+  static void tiles_q4_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
       const uint8_t* t = group + size_t(b0 + j) * tile::kQ4_0;
+      const uint8_t* d = group + size_t(row_blocks) * tile::kQ4_0 + 32 * size_t(b0 + j);
+      prefetch_tiles_ahead(t, tile::kQ4_0, d);
       for (int h = 0; h < 2; ++h) {
         __m256i w[8];
         T::w_q4_0(t, h, w);
         for (int k = 0; k < 8; ++k) store_rows8(out, k, h, w[k]);
       }
-      std::memcpy(out->d16, t, sizeof out->d16);
+      std::memcpy(out->d16, d, sizeof out->d16);
     }
   }
-  static void tiles_q4_K(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+  static void tiles_q4_K(const uint8_t* group, int64_t, int64_t b0, int64_t nb, Packed* out) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
       const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ4_K;
+      prefetch_tiles_ahead(t, tile::kQ4_K, nullptr);
       for (int g = 0; g < 4; ++g)
         for (int h = 0; h < 2; ++h) {
           __m256i v[8];
@@ -187,9 +193,11 @@ struct Avx2Quants : Avx2Loaders {
       q4_K_tile_scales(t, out);
     }
   }
-  static void tiles_q6_K(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+  static void tiles_q6_K(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
       const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ6_K;
+      const uint8_t* d = group + size_t(row_blocks / 8) * tile::kQ6_K + 32 * size_t((b0 + j) / 8);
+      prefetch_tiles_ahead(t, tile::kQ6_K, d);
       for (int b = 0; b < 8; ++b) {
         for (int h = 0; h < 2; ++h) {
           __m256i w[8], i0, i1;
@@ -199,7 +207,7 @@ struct Avx2Quants : Avx2Loaders {
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].i0 + 8 * h), i0);
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].i1 + 8 * h), i1);
         }
-        std::memcpy(out[b].d16, t, sizeof out[b].d16);
+        std::memcpy(out[b].d16, d, sizeof out[b].d16);
       }
     }
   }
@@ -275,28 +283,33 @@ inline void store_rows16(Packed* out, int k, __m512i v) { _mm512_store_si512(&ou
 struct Avx512Quants : Avx512Loaders {
   MIXTRAL_Q8_PACKERS
   using T = Avx512TileLoaders;
-  static void tiles_q8_0(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+  static void tiles_q8_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
       const uint8_t* t = group + size_t(b0 + j) * tile::kQ8_0;
+      const uint8_t* d = group + size_t(row_blocks) * tile::kQ8_0 + 32 * size_t(b0 + j);
+      prefetch_tiles_ahead(t, tile::kQ8_0, d);
       __m512i w[8];
       T::w_q8_0(t, w);
       for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
-      std::memcpy(out->d16, t, sizeof out->d16);
+      std::memcpy(out->d16, d, sizeof out->d16);
     }
   }
-  static void tiles_q4_0(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+  static void tiles_q4_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
       const uint8_t* t = group + size_t(b0 + j) * tile::kQ4_0;
+      const uint8_t* d = group + size_t(row_blocks) * tile::kQ4_0 + 32 * size_t(b0 + j);
+      prefetch_tiles_ahead(t, tile::kQ4_0, d);
       __m512i w[8];
       T::w_q4_0(t, w);
       for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
-      std::memcpy(out->d16, t, sizeof out->d16);
+      std::memcpy(out->d16, d, sizeof out->d16);
     }
   }
-  static void tiles_q4_K(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+  static void tiles_q4_K(const uint8_t* group, int64_t, int64_t b0, int64_t nb, Packed* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
       const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ4_K;
+      prefetch_tiles_ahead(t, tile::kQ4_K, nullptr);
       for (int g = 0; g < 4; ++g) {
         __m512i v[8];
         T::v_q4_K(t, g, v);
@@ -308,9 +321,11 @@ struct Avx512Quants : Avx512Loaders {
       q4_K_tile_scales(t, out);
     }
   }
-  static void tiles_q6_K(const uint8_t* group, int64_t b0, int64_t nb, Packed* out) {
+  static void tiles_q6_K(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
       const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ6_K;
+      const uint8_t* d = group + size_t(row_blocks / 8) * tile::kQ6_K + 32 * size_t((b0 + j) / 8);
+      prefetch_tiles_ahead(t, tile::kQ6_K, d);
       for (int b = 0; b < 8; ++b) {
         __m512i w[8], i0, i1;
         T::w_q6_K(t, b, w);
@@ -318,7 +333,7 @@ struct Avx512Quants : Avx512Loaders {
         T::q6_K_scales(t, b, i0, i1);
         _mm512_store_si512(out[b].i0, i0);
         _mm512_store_si512(out[b].i1, i1);
-        std::memcpy(out[b].d16, t, sizeof out[b].d16);
+        std::memcpy(out[b].d16, d, sizeof out[b].d16);
       }
     }
   }
@@ -523,12 +538,11 @@ void matmul_q8_rows(const Matrix& W, const XBlock* xb, int64_t n_tokens, float* 
           if (pc < nb) {
             const int64_t pr1 = std::min(pg + kRows, r1);
             const size_t poff = byte_offset(pc), pbytes = byte_offset(std::min(kChunk, nb - pc));
-            if (is_tile_group(W, pg)) prefetch(W.row(pg) + kRows * poff, kRows * pbytes);  // one run
-            else
+            if (!is_tile_group(W, pg))  // (the tile packers prefetch in step: prefetch_tiles_ahead)
               for (int64_t r = pg; r < pr1; ++r) prefetch(W.row(r) + poff, pbytes);
           }
         }
-        if (tiles) ks.pack_tiles(rows[0], c, nc, packed);
+        if (tiles) ks.pack_tiles(rows[0], nb, c, nc, packed);
         else ks.pack(rows, c, nc, packed);
         for (int64_t tg = 0; tg < nt; tg += ks.tg) {
           const int64_t ntg = std::min<int64_t>(ks.tg, nt - tg);

@@ -40,16 +40,6 @@
 namespace mixtral::q8 {
 namespace {
 
-// A thread reads its rows' tiles as one run, in order. The hardware prefetchers alone streamed
-// them at 24-34 GB/s here (bench_matmul, 1 token, Q4_K / Q6_K / Q8_0 tiles); prefetching each
-// block tile kTilePrefetch bytes ahead into L1 as it is read gave 47-77 GB/s in the same runs
-// (the host's bandwidth moved between runs; 4 and 8 KB ahead, into L1 or L2, measured alike).
-constexpr size_t kTilePrefetch = 4096;
-inline void prefetch_tiles_ahead(const uint8_t* t, size_t bytes) {
-  const uint8_t* p = reinterpret_cast<const uint8_t*>(uintptr_t(t + kTilePrefetch) & ~uintptr_t(63));
-  for (size_t o = 0; o < bytes; o += 64) kernel_util::prefetch_l1(p + o);
-}
-
 // ---- AVX-512 VNNI: one zmm = 16 rows ----
 
 #pragma GCC push_options
@@ -145,16 +135,17 @@ struct Vnni512TileDecode {
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
         constexpr size_t bytes = q8 ? tile::kQ8_0 : tile::kQ4_0;
-        for (int64_t j = 0; j < nb; ++j, t += bytes) {
-          prefetch_tiles_ahead(t, bytes);
+        const uint8_t* d = t + nb * bytes;  // the d section
+        for (int64_t j = 0; j < nb; ++j, t += bytes, d += 32) {
+          prefetch_tiles_ahead(t, bytes, d);
           __m512i w[8];
           if constexpr (q8) L::w_q8_0(t, w);
           else L::w_q4_0(t, w);
-          vnni_block<P, NT>(w, L::d16(t), zf, zi, zi, xb + j * NT, f);
+          vnni_block<P, NT>(w, L::d16(d), zf, zi, zi, xb + j * NT, f);
         }
       } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
         for (int64_t j = 0; j < nb; j += 8, t += tile::kQ4_K) {
-          prefetch_tiles_ahead(t, tile::kQ4_K);
+          prefetch_tiles_ahead(t, tile::kQ4_K, nullptr);
           __m512i r[4];
           __m512 d, ndmin;
           L::q4_K_header(t, r);
@@ -173,9 +164,10 @@ struct Vnni512TileDecode {
           }
         }
       } else {  // Q6_K
-        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ6_K) {
-          prefetch_tiles_ahead(t, tile::kQ6_K);
-          const __m512 d = L::d16(t);
+        const uint8_t* ds = t + nb / 8 * tile::kQ6_K;  // the d section
+        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ6_K, ds += 32) {
+          prefetch_tiles_ahead(t, tile::kQ6_K, ds);
+          const __m512 d = L::d16(ds);
 #pragma GCC unroll 2
           for (int b = 0; b < 8; ++b) {
             __m512i w[8], i0, i1;
@@ -272,18 +264,19 @@ struct Avx2TileDecode {
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
         constexpr size_t bytes = q8 ? tile::kQ8_0 : tile::kQ4_0;
-        for (int64_t j = 0; j < nb; ++j, t += bytes) {
-          prefetch_tiles_ahead(t, bytes);
+        const uint8_t* d = t + nb * bytes;  // the d section
+        for (int64_t j = 0; j < nb; ++j, t += bytes, d += 32) {
+          prefetch_tiles_ahead(t, bytes, d);
           for (int h = 0; h < 2; ++h) {
             __m256i w[8];
             if constexpr (q8) L::w_q8_0(t, h, w);
             else L::w_q4_0(t, h, w);
-            avx2_block<P, NT>(w, L::d16(t, h), zf, zi, zi, xb + j * NT, f, h);
+            avx2_block<P, NT>(w, L::d16(d, h), zf, zi, zi, xb + j * NT, f, h);
           }
         }
       } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
         for (int64_t j = 0; j < nb; j += 8, t += tile::kQ4_K) {
-          prefetch_tiles_ahead(t, tile::kQ4_K);
+          prefetch_tiles_ahead(t, tile::kQ4_K, nullptr);
           alignas(64) Packed sc[8];
           q4_K_tile_scales(t, sc);
           for (int gq = 0; gq < 4; ++gq)
@@ -301,14 +294,15 @@ struct Avx2TileDecode {
             }
         }
       } else {  // Q6_K
-        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ6_K) {
-          prefetch_tiles_ahead(t, tile::kQ6_K);
+        const uint8_t* ds = t + nb / 8 * tile::kQ6_K;  // the d section
+        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ6_K, ds += 32) {
+          prefetch_tiles_ahead(t, tile::kQ6_K, ds);
           for (int b = 0; b < 8; ++b)
             for (int h = 0; h < 2; ++h) {
               __m256i w[8], i0, i1;
               L::w_q6_K(t, b, h, w);
               L::q6_K_scales(t, b, h, i0, i1);
-              avx2_block<P, NT>(w, L::d16(t, h), zf, i0, i1, xb + (j + b) * NT, f, h);
+              avx2_block<P, NT>(w, L::d16(ds, h), zf, i0, i1, xb + (j + b) * NT, f, h);
             }
         }
       }

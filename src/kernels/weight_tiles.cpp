@@ -14,34 +14,35 @@ namespace {
 
 constexpr int kR = int(kTileRows);
 
-// The bytes of a block that tiles move unchanged (but for Q8_0's + 128): f(src, tile, n, flip)
-// for each piece of n bytes at offset src of row r's block and offset tile of its block tile.
+// The bytes of a block that tiles move unchanged (but for Q8_0's + 128): f(src, dst, n, flip, d)
+// for each piece of n bytes at offset src of row r's block and offset dst of its body, or of its
+// 32 bytes in the d section when d.
 template <class F>
 void for_each_piece(DType t, int r, F&& f) {
   switch (t) {
     case DType::Q8_0:
-      f(0, 2 * r, 2, false);
-      for (int k = 0; k < 8; ++k) f(2 + 4 * k, 32 + 64 * k + 4 * r, 4, true);
+      f(0, 2 * r, 2, false, true);
+      for (int k = 0; k < 8; ++k) f(2 + 4 * k, 64 * k + 4 * r, 4, true, false);
       break;
     case DType::Q4_0:
-      f(0, 2 * r, 2, false);
-      for (int k = 0; k < 4; ++k) f(2 + 4 * k, 32 + 64 * k + 4 * r, 4, false);
+      f(0, 2 * r, 2, false, true);
+      for (int k = 0; k < 4; ++k) f(2 + 4 * k, 64 * k + 4 * r, 4, false, false);
       break;
     case DType::Q4_K:
-      for (int k = 0; k < 4; ++k) f(4 * k, 64 * k + 4 * r, 4, false);
+      for (int k = 0; k < 4; ++k) f(4 * k, 64 * k + 4 * r, 4, false, false);
       for (int g = 0; g < 4; ++g)
-        for (int k = 0; k < 8; ++k) f(16 + 32 * g + 4 * k, 256 + 512 * g + 64 * k + 4 * r, 4, false);
+        for (int k = 0; k < 8; ++k) f(16 + 32 * g + 4 * k, 256 + 512 * g + 64 * k + 4 * r, 4, false, false);
       break;
-    case DType::Q6_K:  // d and scales; the quants are rearranged (q6_K_values)
-      f(offsetof(BlockQ6_K, d), 2 * r, 2, false);
-      for (int k = 0; k < 4; ++k) f(offsetof(BlockQ6_K, scales) + 4 * k, 32 + 64 * k + 4 * r, 4, false);
+    case DType::Q6_K:  // d and scales; the quants are rearranged (tile_q6_values)
+      f(offsetof(BlockQ6_K, d), 2 * r, 2, false, true);
+      for (int k = 0; k < 4; ++k) f(offsetof(BlockQ6_K, scales) + 4 * k, 64 * k + 4 * r, 4, false, false);
       break;
     default: break;
   }
 }
 
-// Q6_K: where the 32 values of 32-column block b live in a block tile (row r).
-constexpr size_t q6_lo(int b, int k, int r) { return 288 + 384 * size_t(b) + 64 * size_t(k) + 4 * size_t(r); }
+// Q6_K: where the 32 values of 32-column block b live in a body (row r).
+constexpr size_t q6_lo(int b, int k, int r) { return 256 + 384 * size_t(b) + 64 * size_t(k) + 4 * size_t(r); }
 constexpr size_t q6_hi(int b, int h, int r) { return q6_lo(b, 4 + h, r); }
 
 // Q6_K's values move a dword (4 values of a row) at a time; every mask keeps bits inside their
@@ -97,18 +98,19 @@ void untile_q6_values(const uint8_t* tile, int r, uint8_t* dst) {
   std::memcpy(blk.qh, qh, sizeof blk.qh);
 }
 
-void tile_block(DType t, const uint8_t* src, int r, uint8_t* tile) {
-  for_each_piece(t, r, [&](size_t s, size_t d, size_t n, bool flip) {
-    for (size_t i = 0; i < n; ++i) tile[d + i] = uint8_t(src[s + i] ^ (flip ? 0x80 : 0));
+// body: the block's body; d: its 32 bytes of the d section (unused for Q4_K).
+void tile_block(DType t, const uint8_t* src, int r, uint8_t* body, uint8_t* d) {
+  for_each_piece(t, r, [&](size_t s, size_t o, size_t n, bool flip, bool in_d) {
+    for (size_t i = 0; i < n; ++i) (in_d ? d : body)[o + i] = uint8_t(src[s + i] ^ (flip ? 0x80 : 0));
   });
-  if (t == DType::Q6_K) tile_q6_values(src, r, tile);
+  if (t == DType::Q6_K) tile_q6_values(src, r, body);
 }
 
-void untile_block(DType t, const uint8_t* tile, int r, uint8_t* dst) {
-  for_each_piece(t, r, [&](size_t s, size_t d, size_t n, bool flip) {
-    for (size_t i = 0; i < n; ++i) dst[s + i] = uint8_t(tile[d + i] ^ (flip ? 0x80 : 0));
+void untile_block(DType t, const uint8_t* body, const uint8_t* d, int r, uint8_t* dst) {
+  for_each_piece(t, r, [&](size_t s, size_t o, size_t n, bool flip, bool in_d) {
+    for (size_t i = 0; i < n; ++i) dst[s + i] = uint8_t((in_d ? d : body)[o + i] ^ (flip ? 0x80 : 0));
   });
-  if (t == DType::Q6_K) untile_q6_values(tile, r, dst);
+  if (t == DType::Q6_K) untile_q6_values(body, r, dst);
 }
 
 }  // namespace
@@ -119,15 +121,19 @@ bool tileable(DType t) {
 
 namespace tiles {
 
+size_t body_bytes(DType t) { return size_t(kR) * dtype_info(t).block_bytes - (has_d_section(t) ? 32 : 0); }
+bool has_d_section(DType t) { return t != DType::Q4_K; }
+
 void tile_group(DType t, const uint8_t* rows, size_t row_bytes, uint8_t* out) {
-  const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb;
+  const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb, body = body_bytes(t);
   for (size_t j = 0; j < nb; ++j)
-    for (int r = 0; r < kR; ++r) tile_block(t, rows + size_t(r) * row_bytes + j * bb, r, out + j * kR * bb);
+    for (int r = 0; r < kR; ++r)
+      tile_block(t, rows + size_t(r) * row_bytes + j * bb, r, out + j * body, out + nb * body + 32 * j);
 }
 
 void untile_row(DType t, const uint8_t* group, size_t row_bytes, int r, uint8_t* out) {
-  const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb;
-  for (size_t j = 0; j < nb; ++j) untile_block(t, group + j * kR * bb, r, out + j * bb);
+  const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb, body = body_bytes(t);
+  for (size_t j = 0; j < nb; ++j) untile_block(t, group + j * body, group + nb * body + 32 * j, r, out + j * bb);
 }
 
 }  // namespace tiles

@@ -5,18 +5,20 @@
 // rows in tiles takes exactly the bytes it takes as rows, so a model is tiled in place at load.
 //
 // Layout (Matrix::layout == Tiles16): each full group of 16 rows g (rows 16g .. 16g+15) keeps
-// its 16 · row_bytes bytes, holding one block tile per dtype block of the rows in column order.
-// Block tile j of a group holds the 16 rows' block j in 16 · block_bytes bytes. Below, X[k][r]
-// is the dword (4 bytes) k of row r of the block's field X, and "q[k][16][4]" is the 64 bytes
+// its 16 · row_bytes bytes: first one body per dtype block of the rows, in column order, then
+// (but for Q4_K) the fp16 d's of the blocks, 32 bytes per block (d[16]: row r's d at 2r). Body j
+// holds the 16 rows' block j but for its d's; every 64-byte register in it starts at a multiple
+// of 64 bytes from the group (so the loads are aligned when the matrix is). Below, X[k][r] is
+// the dword (4 bytes) k of row r of the block's field X, and "q[k][16][4]" is the 64 bytes
 // q[k][0] .. q[k][15] (one zmm: lane r = row r):
-//   Q8_0  544 B = 16 · 34   d[16] (fp16) | q[8][16][4]   q[k][r] = qs dword k, each byte + 128
-//                                                        (mod 256: the unsigned operand)
-//   Q4_0  288 B = 16 · 18   d[16] | n[4][16][4]          n[k][r] = qs dword k (nibbles as stored)
-//   Q4_K  2304 B = 16 · 144 h[4][16][4]                  h[k][r] = dword k of bytes 0..15
-//                                                        (d | dmin << 16, then scales[12])
-//                           | n[4][8][16][4]             n[g][k][r] = qs dword 8g + k
-//   Q6_K  3360 B = 16 · 210 d[16] | s[4][16][4]          s[k][r] = scales dword k
-//                           | for each 32-column block b = 0..7: lo[4][16][4] | hi[2][16][4]
+//   Q8_0  body 512 B   q[8][16][4]      q[k][r] = qs dword k, each byte + 128 (mod 256: the
+//                                       unsigned operand)
+//   Q4_0  body 256 B   n[4][16][4]      n[k][r] = qs dword k (nibbles as stored)
+//   Q4_K  body 2304 B  h[4][16][4]      h[k][r] = dword k of bytes 0..15 (d | dmin << 16, then
+//                                       scales[12]); no d section
+//                      | n[4][8][16][4] n[g][k][r] = qs dword 8g + k
+//   Q6_K  body 3328 B  s[4][16][4]      s[k][r] = scales dword k
+//                      | for each 32-column block b = 0..7: lo[4][16][4] | hi[2][16][4]
 //         with v[i] (i < 32) the 6-bit quant (0..63) of column 32b + i of the row:
 //           lo[k][r] byte i = (v[4k + i] & 15) | (v[16 + 4k + i] & 15) << 4
 //           hi[h][r] byte i = bits 2m..2m+1: v[4(4h + m) + i] >> 4, for m = 0..3
@@ -52,6 +54,9 @@ const uint8_t* row_in_rows_layout(const Matrix& m, int64_t r, uint8_t* buf);
 void check_slice(const Matrix& m, int64_t first, int64_t n);
 
 namespace tiles {
+// Bytes of one block's body (above), and whether the dtype has a d section after the bodies.
+size_t body_bytes(DType t);
+bool has_d_section(DType t);
 // One group, scalar (the format above): `rows` = 16 rows in Rows layout, contiguous; out: their
 // 16 · row_bytes bytes as tiles. untile_row: row r (< 16) of a tiled group back in Rows layout.
 void tile_group(DType t, const uint8_t* rows, size_t row_bytes, uint8_t* out);
