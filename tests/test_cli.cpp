@@ -308,6 +308,15 @@ TEST(Cli, BenchJsonForm) {
   EXPECT_GT(after, 0);
   EXPECT_EQ(lim["read_bandwidth_gbs"].get<double>(), std::max(before, after));
   EXPECT_LT(lim["peak_rss_gib"].get<double>(), 0.5);
+  if (before > 0) {  // the probes around each decode repetition (where VmHWM can be reset)
+    const auto reps = lim["rep_read_bandwidth_gbs"].get<std::vector<double>>();
+    const auto share = lim["rep_bandwidth_share"].get<std::vector<double>>();
+    ASSERT_EQ(reps.size(), 1u);
+    ASSERT_EQ(share.size(), 1u);
+    EXPECT_GT(reps[0], 0);
+    EXPECT_NEAR(share[0], lim["weight_gbs"].get<double>() / reps[0], 1e-9 * share[0]);
+    EXPECT_EQ(lim["bandwidth_share"].get<double>(), share[0]);
+  }
 }
 
 // --memory-budget: the stable bench form carries the cache's figures; generate gives the same

@@ -6,7 +6,9 @@
 // weight traffic (decode, GB/s) or arithmetic rate (prefill, GFLOP/s) it implies, and the peak
 // resident memory. --measure-limits adds the machine's read bandwidth, so decode speed comes with
 // its ratio to the memory-bandwidth ceiling: probed before and after the tests (a VM's bandwidth
-// moves with its neighbours), the higher of the two taken as the ceiling.
+// moves with its neighbours), the higher of the two taken as the ceiling; and, for decode, probed
+// right before and after each repetition too, whose share of that (higher) figure is the ratio
+// the "% of the bandwidth around each run" reports (median over the repetitions).
 
 #include <algorithm>
 #include <cmath>
@@ -80,9 +82,10 @@ double flops_per_token(const Model& m) {
   return 2.0 * double(c.params_active() - (c.tied_embeddings ? 1 : 2) * c.vocab_size * c.dim);
 }
 
-// Read bandwidth of `threads` threads summing a 1 GiB buffer (best of 3).
-double measure_read_gbs(int threads) {
-  const size_t n = size_t(1) << 27;  // 2^27 doubles = 1 GiB
+// Read bandwidth of `threads` threads summing a buffer of 2^log2_doubles doubles (default 1 GiB;
+// best of 3).
+double measure_read_gbs(int threads, int log2_doubles = 27) {
+  const size_t n = size_t(1) << log2_doubles;
   std::vector<double> buf(n, 1.0);
   ThreadPool pool(threads);
   double best = 0;
@@ -115,6 +118,15 @@ struct Result {
   int64_t n_prompt, n_gen;
   std::vector<double> ts;  // tokens/s of each repetition
   std::optional<ExpertCacheStats> cache;  // offloaded experts: over all repetitions of the test
+  // Decode with --measure-limits: the read bandwidth probed right before and right after each
+  // repetition (the higher of the two), and that repetition's weight GB/s as a share of it.
+  std::vector<double> rep_read_gbs, rep_share;
+  double median_share() const {
+    if (rep_share.empty()) return 0;
+    std::vector<double> v = rep_share;
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  }
   double mean() const {
     double s = 0;
     for (double v : ts) s += v;
@@ -163,6 +175,17 @@ int run_bench(const BenchFlags& f) {
   // The probe before the tests only where its 1 GiB buffer can be left out of the peak RSS.
   const double read_before = f.limits && reset_peak_resident() ? measure_read_gbs(probe_threads) : 0;
   if (read_before > 0) reset_peak_resident();
+  // Around each decode repetition, a short probe (256 MiB, 8x the L3): this host's bandwidth
+  // moves within seconds, so a ceiling probed a minute away can be off by 1.5x. The peak RSS
+  // is kept from before each probe and reset after it, so the probes stay out of it.
+  const bool rep_probes = read_before > 0;
+  double peak_gib = 0;
+  auto probe = [&] {
+    peak_gib = std::max(peak_gib, peak_rss_gib());
+    const double gbs = measure_read_gbs(probe_threads, 25);
+    reset_peak_resident();
+    return gbs;
+  };
 
   std::vector<Result> results;
   for (int64_t threads : ths) {
@@ -190,15 +213,21 @@ int run_bench(const BenchFlags& f) {
             text.empty() ? random_tokens(tok, n + 1, uint64_t(rep) + 100) : text_tokens(text, n + 1, uint64_t(rep) + 100);
         s.eval({tokens[0]});  // warm-up token, not timed
         if (cache && rep == 0) cache->reset_stats();  // the cache's figures cover the timed tokens
+        const double probe_before = rep_probes ? probe() : 0;
         const auto t0 = Clock::now();
         for (int64_t i = 1; i <= n; ++i) s.eval({tokens[size_t(i)]});
         r.ts.push_back(double(n) / seconds_since(t0));
+        if (rep_probes) {
+          const double ceiling = std::max(probe_before, probe());
+          r.rep_read_gbs.push_back(ceiling);
+          r.rep_share.push_back(r.ts.back() * bpt / 1e9 / ceiling);
+        }
       }
       if (cache) r.cache = cache->stats();
       results.push_back(r);
     }
   }
-  const double rss = peak_rss_gib();  // before the bandwidth probe allocates its buffer
+  const double rss = std::max(peak_gib, peak_rss_gib());  // before the bandwidth probe allocates its buffer
   const double read_after = f.limits ? measure_read_gbs(probe_threads) : 0;
   const double read_gbs = std::max(read_before, read_after);
 
@@ -209,6 +238,11 @@ int run_bench(const BenchFlags& f) {
                           {"n_gen", r.n_gen}, {"avg_ts", r.mean()}, {"stddev_ts", r.stddev()}, {"samples_ts", r.ts},
                           {"mmap", !f.model.no_mmap}, {"tiles", model->tiled()}, {"peak_rss_gib", rss}};
       if (r.n_gen) j["weight_gbs"] = r.mean() * bpt / 1e9;
+      if (!r.rep_share.empty()) {
+        j["rep_read_bandwidth_gbs"] = r.rep_read_gbs;
+        j["rep_bandwidth_share"] = r.rep_share;
+        j["bandwidth_share"] = r.median_share();
+      }
       if (r.n_prompt) j["gflops"] = r.mean() * fpt / 1e9;
       if (read_gbs > 0) {
         j["read_bandwidth_gbs"] = read_gbs;
@@ -252,8 +286,11 @@ int run_bench(const BenchFlags& f) {
   }
   std::printf("\n| test | threads | tokens/s | rate |\n|---|---|---|---|\n");
   for (const auto& r : results) {
-    char rate[64];
-    if (r.n_gen) std::snprintf(rate, sizeof rate, "%.1f GB/s weights", r.mean() * bpt / 1e9);
+    char rate[128];
+    if (r.n_gen && !r.rep_share.empty())
+      std::snprintf(rate, sizeof rate, "%.1f GB/s weights, %.0f %% of the bandwidth around each run", r.mean() * bpt / 1e9,
+                    100 * r.median_share());
+    else if (r.n_gen) std::snprintf(rate, sizeof rate, "%.1f GB/s weights", r.mean() * bpt / 1e9);
     else std::snprintf(rate, sizeof rate, "%.1f GFLOP/s", r.mean() * fpt / 1e9);
     std::printf("| %s | %d | %.2f ± %.2f | %s |\n", r.test.c_str(), r.threads, r.mean(), r.stddev(), rate);
   }
