@@ -154,15 +154,19 @@ TEST(WeightTiles, FormatMatchesTheHeader) {
     const size_t body = t == DType::Q8_0 ? 512 : t == DType::Q4_0 ? 256 : 2304;  // the header's sizes
     ASSERT_EQ(body, tiles::body_bytes(t));
     for (int64_t j = 0; j < kBlocks; ++j) {
-      const uint8_t* T = tile.data() + size_t(j) * body;             // block j's body
-      const uint8_t* D = tile.data() + kBlocks * body + 32 * size_t(j);  // its d's
+      // blocks in pairs [d's 2p | d's 2p+1 | body 2p | body 2p+1], the odd last one [d's | body];
+      // Q4_K: bodies back to back
+      const size_t pair = size_t(j / 2) * (64 + 2 * body), in_pair = 2 * (j / 2) + 1 < kBlocks ? 2 : 1;
+      const bool q4k = t == DType::Q4_K;
+      const uint8_t* T = tile.data() + (q4k ? size_t(j) * body : pair + 32 * in_pair + size_t(j % 2) * body);
+      const uint8_t* D = tile.data() + pair + 32 * size_t(j % 2);  // its d's (not Q4_K)
       for (int r = 0; r < 16; ++r) {
         const uint8_t* b = rows.data() + size_t(r) * rb + size_t(j) * bb;  // row r's block j
-        if (t == DType::Q8_0) {  // q[8][16][4], q = qs + 128; d[16] in the d section
+        if (t == DType::Q8_0) {  // q[8][16][4], q = qs + 128; d[16]
           EXPECT_EQ(0, std::memcmp(D + 2 * r, b, 2));
           for (int k = 0; k < 8; ++k)
             for (int i = 0; i < 4; ++i) ASSERT_EQ(T[64 * k + 4 * r + i], uint8_t(b[2 + 4 * k + i] ^ 0x80)) << k;
-        } else if (t == DType::Q4_0) {  // n[4][16][4]; d[16] in the d section
+        } else if (t == DType::Q4_0) {  // n[4][16][4]; d[16]
           EXPECT_EQ(0, std::memcmp(D + 2 * r, b, 2));
           for (int k = 0; k < 4; ++k) ASSERT_EQ(0, std::memcmp(T + 64 * k + 4 * r, b + 2 + 4 * k, 4)) << k;
         } else {  // h[4][16][4] (bytes 0..15: d, dmin, scales) | n[4][8][16][4] (qs dword 8g + k)
@@ -188,10 +192,11 @@ TEST(WeightTiles, Q6KValuesDecodeAsTheHeaderSays) {
   for (int r = 0; r < 16; ++r) {
     ref::dequantize_row(DType::Q6_K, rows.data() + size_t(r) * rb, want.data(), kBlocks * QK_K);
     for (int64_t j = 0; j < kBlocks; ++j) {
-      const uint8_t* T = tile.data() + size_t(j) * 3328;                // body j (the header's size)
-      const uint8_t* D = tile.data() + kBlocks * 3328 + 32 * size_t(j);  // its d's
+      // kBlocks = 2: one pair, [d's 0 | d's 1 | body 0 | body 1], bodies of the header's 3328 bytes
+      const uint8_t* T = tile.data() + 64 + size_t(j) * 3328;
+      const uint8_t* D = tile.data() + 32 * size_t(j);
       const auto& blk = *reinterpret_cast<const BlockQ6_K*>(rows.data() + size_t(r) * rb + size_t(j) * bb);
-      // s[4][16][4]: row r's 16 int8 scales as 4 dwords; its fp16 d in the d section
+      // s[4][16][4]: row r's 16 int8 scales as 4 dwords; its fp16 d with the pair's d's
       EXPECT_EQ(0, std::memcmp(D + 2 * r, &blk.d, 2));
       for (int k = 0; k < 4; ++k) EXPECT_EQ(0, std::memcmp(T + 64 * k + 4 * r, blk.scales + 4 * k, 4));
       uint16_t dh;

@@ -108,7 +108,7 @@ inline void store_rows8(Packed* out, int k, int h, __m256i v) {
 }
 
 // Packs 32-column blocks [b0, b0 + nb) of a whole group of a Tiles16 W (group: its first byte;
-// row_blocks: 32-column blocks per row, which place the d section).
+// row_blocks: 32-column blocks per row, which place the blocks: tiles::place).
 using PackTilesFn = void (*)(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out);
 
 // The packers proper, blocks [b0, b0 + nb): defined inside each Quants struct (so that the
@@ -152,9 +152,10 @@ struct Avx2Quants : Avx2Loaders {
   using T = Avx2TileLoaders;
   static void tiles_q8_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
-      const uint8_t* t = group + size_t(b0 + j) * tile::kQ8_0;
-      const uint8_t* d = group + size_t(row_blocks) * tile::kQ8_0 + 32 * size_t(b0 + j);
-      prefetch_tiles_ahead(t, tile::kQ8_0, d);
+      const tiles::Place at = tiles::place(b0 + j, row_blocks, tile::kQ8_0);
+      const uint8_t* t = group + at.body;
+      const uint8_t* d = group + at.d;
+      prefetch_tiles_ahead(t, tile::kQ8_0 + 32);
       for (int h = 0; h < 2; ++h) {
         __m256i w[8];
         T::w_q8_0(t, h, w);
@@ -165,9 +166,10 @@ struct Avx2Quants : Avx2Loaders {
   }
   static void tiles_q4_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
-      const uint8_t* t = group + size_t(b0 + j) * tile::kQ4_0;
-      const uint8_t* d = group + size_t(row_blocks) * tile::kQ4_0 + 32 * size_t(b0 + j);
-      prefetch_tiles_ahead(t, tile::kQ4_0, d);
+      const tiles::Place at = tiles::place(b0 + j, row_blocks, tile::kQ4_0);
+      const uint8_t* t = group + at.body;
+      const uint8_t* d = group + at.d;
+      prefetch_tiles_ahead(t, tile::kQ4_0 + 32);
       for (int h = 0; h < 2; ++h) {
         __m256i w[8];
         T::w_q4_0(t, h, w);
@@ -180,7 +182,7 @@ struct Avx2Quants : Avx2Loaders {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
       const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ4_K;
-      prefetch_tiles_ahead(t, tile::kQ4_K, nullptr);
+      prefetch_tiles_ahead(t, tile::kQ4_K);
       for (int g = 0; g < 4; ++g)
         for (int h = 0; h < 2; ++h) {
           __m256i v[8];
@@ -195,9 +197,10 @@ struct Avx2Quants : Avx2Loaders {
   }
   static void tiles_q6_K(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
-      const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ6_K;
-      const uint8_t* d = group + size_t(row_blocks / 8) * tile::kQ6_K + 32 * size_t((b0 + j) / 8);
-      prefetch_tiles_ahead(t, tile::kQ6_K, d);
+      const tiles::Place at = tiles::place((b0 + j) / 8, row_blocks / 8, tile::kQ6_K);
+      const uint8_t* t = group + at.body;
+      const uint8_t* d = group + at.d;
+      prefetch_tiles_ahead(t, tile::kQ6_K + 32);
       for (int b = 0; b < 8; ++b) {
         for (int h = 0; h < 2; ++h) {
           __m256i w[8], i0, i1;
@@ -285,9 +288,10 @@ struct Avx512Quants : Avx512Loaders {
   using T = Avx512TileLoaders;
   static void tiles_q8_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
-      const uint8_t* t = group + size_t(b0 + j) * tile::kQ8_0;
-      const uint8_t* d = group + size_t(row_blocks) * tile::kQ8_0 + 32 * size_t(b0 + j);
-      prefetch_tiles_ahead(t, tile::kQ8_0, d);
+      const tiles::Place at = tiles::place(b0 + j, row_blocks, tile::kQ8_0);
+      const uint8_t* t = group + at.body;
+      const uint8_t* d = group + at.d;
+      prefetch_tiles_ahead(t, tile::kQ8_0 + 32);
       __m512i w[8];
       T::w_q8_0(t, w);
       for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
@@ -296,9 +300,10 @@ struct Avx512Quants : Avx512Loaders {
   }
   static void tiles_q4_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
-      const uint8_t* t = group + size_t(b0 + j) * tile::kQ4_0;
-      const uint8_t* d = group + size_t(row_blocks) * tile::kQ4_0 + 32 * size_t(b0 + j);
-      prefetch_tiles_ahead(t, tile::kQ4_0, d);
+      const tiles::Place at = tiles::place(b0 + j, row_blocks, tile::kQ4_0);
+      const uint8_t* t = group + at.body;
+      const uint8_t* d = group + at.d;
+      prefetch_tiles_ahead(t, tile::kQ4_0 + 32);
       __m512i w[8];
       T::w_q4_0(t, w);
       for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
@@ -309,7 +314,7 @@ struct Avx512Quants : Avx512Loaders {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
       const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ4_K;
-      prefetch_tiles_ahead(t, tile::kQ4_K, nullptr);
+      prefetch_tiles_ahead(t, tile::kQ4_K);
       for (int g = 0; g < 4; ++g) {
         __m512i v[8];
         T::v_q4_K(t, g, v);
@@ -323,9 +328,10 @@ struct Avx512Quants : Avx512Loaders {
   }
   static void tiles_q6_K(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
-      const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ6_K;
-      const uint8_t* d = group + size_t(row_blocks / 8) * tile::kQ6_K + 32 * size_t((b0 + j) / 8);
-      prefetch_tiles_ahead(t, tile::kQ6_K, d);
+      const tiles::Place at = tiles::place((b0 + j) / 8, row_blocks / 8, tile::kQ6_K);
+      const uint8_t* t = group + at.body;
+      const uint8_t* d = group + at.d;
+      prefetch_tiles_ahead(t, tile::kQ6_K + 32);
       for (int b = 0; b < 8; ++b) {
         __m512i w[8], i0, i1;
         T::w_q6_K(t, b, w);

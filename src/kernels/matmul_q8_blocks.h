@@ -15,6 +15,7 @@
 #include "core/tensor.h"
 #include "kernels/kernel_util.h"
 #include "kernels/matmul_q8.h"
+#include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
 
 namespace mixtral::q8 {
@@ -198,7 +199,7 @@ struct Avx2Loaders {
 // The tiles hold the loaders' registers as they are: plain loads (Q4_0 / Q4_K: the nibbles
 // split; Q6_K: the low 4 and high 2 bits joined). t: the block's body; d: its 32 bytes of d's.
 
-namespace tile {  // byte sizes and offsets of a block's body; the d section follows the bodies
+namespace tile {  // byte sizes and offsets of a block's body (where blocks are: tiles::place)
 constexpr size_t kQ8_0 = 512, kQ4_0 = 256, kQ4_K = 2304, kQ6_K = 3328;
 constexpr size_t q4_K_qs(int g) { return 256 + 512 * size_t(g); }
 constexpr size_t q6_K_block(int b) { return 256 + 384 * size_t(b); }
@@ -210,15 +211,14 @@ static_assert(kQ8_0 + 32 == 16 * sizeof(BlockQ8_0) && kQ4_0 + 32 == 16 * sizeof(
 
 // A thread reads its rows' tiles as one run, in order. The hardware prefetchers alone streamed
 // them at 24-34 GB/s here (bench_matmul, 1 token, Q4_K / Q6_K / Q8_0 tiles); prefetching each
-// body kTilePrefetch bytes ahead into L1 as it is read gave 47-77 GB/s in the same runs (4 and
+// block kTilePrefetch bytes ahead into L1 as it is read gave 47-77 GB/s in the same runs (4 and
 // 8 KB ahead, into L1 or L2, measured alike), and the packed path at 16 tokens went from 620-680
-// to 750-800 GFLOP/s (Q8_0) against prefetching a chunk at a time as for rows. d: the block's
-// d's (null for Q4_K), 16 blocks ahead.
+// to 750-800 GFLOP/s (Q8_0) against prefetching a chunk at a time as for rows. t: the block's
+// body; bytes: its body and d's (a pair's prefetches then cover the pair).
 constexpr size_t kTilePrefetch = 4096;
-inline void prefetch_tiles_ahead(const uint8_t* t, size_t bytes, const uint8_t* d) {
+inline void prefetch_tiles_ahead(const uint8_t* t, size_t bytes) {
   const uint8_t* p = reinterpret_cast<const uint8_t*>(uintptr_t(t + kTilePrefetch) & ~uintptr_t(63));
   for (size_t o = 0; o < bytes; o += 64) kernel_util::prefetch_l1(p + o);
-  if (d) kernel_util::prefetch_l1(d + 512);
 }
 
 struct Avx2TileLoaders {

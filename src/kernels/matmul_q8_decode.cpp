@@ -135,17 +135,18 @@ struct Vnni512TileDecode {
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
         constexpr size_t bytes = q8 ? tile::kQ8_0 : tile::kQ4_0;
-        const uint8_t* d = t + nb * bytes;  // the d section
-        for (int64_t j = 0; j < nb; ++j, t += bytes, d += 32) {
-          prefetch_tiles_ahead(t, bytes, d);
+        for (int64_t j = 0; j < nb; ++j) {
+          const tiles::Place at = tiles::place(j, nb, bytes);
+          const uint8_t* b = t + at.body;
+          prefetch_tiles_ahead(b, bytes + 32);
           __m512i w[8];
-          if constexpr (q8) L::w_q8_0(t, w);
-          else L::w_q4_0(t, w);
-          vnni_block<P, NT>(w, L::d16(d), zf, zi, zi, xb + j * NT, f);
+          if constexpr (q8) L::w_q8_0(b, w);
+          else L::w_q4_0(b, w);
+          vnni_block<P, NT>(w, L::d16(t + at.d), zf, zi, zi, xb + j * NT, f);
         }
       } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
         for (int64_t j = 0; j < nb; j += 8, t += tile::kQ4_K) {
-          prefetch_tiles_ahead(t, tile::kQ4_K, nullptr);
+          prefetch_tiles_ahead(t, tile::kQ4_K);
           __m512i r[4];
           __m512 d, ndmin;
           L::q4_K_header(t, r);
@@ -164,15 +165,16 @@ struct Vnni512TileDecode {
           }
         }
       } else {  // Q6_K
-        const uint8_t* ds = t + nb / 8 * tile::kQ6_K;  // the d section
-        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ6_K, ds += 32) {
-          prefetch_tiles_ahead(t, tile::kQ6_K, ds);
-          const __m512 d = L::d16(ds);
+        for (int64_t j = 0; j < nb; j += 8) {
+          const tiles::Place at = tiles::place(j / 8, nb / 8, tile::kQ6_K);
+          const uint8_t* t6 = t + at.body;
+          prefetch_tiles_ahead(t6, tile::kQ6_K + 32);
+          const __m512 d = L::d16(t + at.d);
 #pragma GCC unroll 2
           for (int b = 0; b < 8; ++b) {
             __m512i w[8], i0, i1;
-            L::w_q6_K(t, b, w);
-            L::q6_K_scales(t, b, i0, i1);
+            L::w_q6_K(t6, b, w);
+            L::q6_K_scales(t6, b, i0, i1);
             vnni_block<P, NT>(w, d, zf, i0, i1, xb + (j + b) * NT, f);
           }
         }
@@ -264,19 +266,20 @@ struct Avx2TileDecode {
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
         constexpr size_t bytes = q8 ? tile::kQ8_0 : tile::kQ4_0;
-        const uint8_t* d = t + nb * bytes;  // the d section
-        for (int64_t j = 0; j < nb; ++j, t += bytes, d += 32) {
-          prefetch_tiles_ahead(t, bytes, d);
+        for (int64_t j = 0; j < nb; ++j) {
+          const tiles::Place at = tiles::place(j, nb, bytes);
+          const uint8_t* b = t + at.body;
+          prefetch_tiles_ahead(b, bytes + 32);
           for (int h = 0; h < 2; ++h) {
             __m256i w[8];
-            if constexpr (q8) L::w_q8_0(t, h, w);
-            else L::w_q4_0(t, h, w);
-            avx2_block<P, NT>(w, L::d16(d, h), zf, zi, zi, xb + j * NT, f, h);
+            if constexpr (q8) L::w_q8_0(b, h, w);
+            else L::w_q4_0(b, h, w);
+            avx2_block<P, NT>(w, L::d16(t + at.d, h), zf, zi, zi, xb + j * NT, f, h);
           }
         }
       } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
         for (int64_t j = 0; j < nb; j += 8, t += tile::kQ4_K) {
-          prefetch_tiles_ahead(t, tile::kQ4_K, nullptr);
+          prefetch_tiles_ahead(t, tile::kQ4_K);
           alignas(64) Packed sc[8];
           q4_K_tile_scales(t, sc);
           for (int gq = 0; gq < 4; ++gq)
@@ -294,15 +297,16 @@ struct Avx2TileDecode {
             }
         }
       } else {  // Q6_K
-        const uint8_t* ds = t + nb / 8 * tile::kQ6_K;  // the d section
-        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ6_K, ds += 32) {
-          prefetch_tiles_ahead(t, tile::kQ6_K, ds);
+        for (int64_t j = 0; j < nb; j += 8) {
+          const tiles::Place at = tiles::place(j / 8, nb / 8, tile::kQ6_K);
+          const uint8_t* t6 = t + at.body;
+          prefetch_tiles_ahead(t6, tile::kQ6_K + 32);
           for (int b = 0; b < 8; ++b)
             for (int h = 0; h < 2; ++h) {
               __m256i w[8], i0, i1;
-              L::w_q6_K(t, b, h, w);
-              L::q6_K_scales(t, b, h, i0, i1);
-              avx2_block<P, NT>(w, L::d16(ds, h), zf, i0, i1, xb + (j + b) * NT, f, h);
+              L::w_q6_K(t6, b, h, w);
+              L::q6_K_scales(t6, b, h, i0, i1);
+              avx2_block<P, NT>(w, L::d16(t + at.d, h), zf, i0, i1, xb + (j + b) * NT, f, h);
             }
         }
       }

@@ -16,7 +16,7 @@ constexpr int kR = int(kTileRows);
 
 // The bytes of a block that tiles move unchanged (but for Q8_0's + 128): f(src, dst, n, flip, d)
 // for each piece of n bytes at offset src of row r's block and offset dst of its body, or of its
-// 32 bytes in the d section when d.
+// 32 bytes of d's when d.
 template <class F>
 void for_each_piece(DType t, int r, F&& f) {
   switch (t) {
@@ -98,7 +98,7 @@ void untile_q6_values(const uint8_t* tile, int r, uint8_t* dst) {
   std::memcpy(blk.qh, qh, sizeof blk.qh);
 }
 
-// body: the block's body; d: its 32 bytes of the d section (unused for Q4_K).
+// body: the block's body; d: its 32 bytes of d's (unused for Q4_K).
 void tile_block(DType t, const uint8_t* src, int r, uint8_t* body, uint8_t* d) {
   for_each_piece(t, r, [&](size_t s, size_t o, size_t n, bool flip, bool in_d) {
     for (size_t i = 0; i < n; ++i) (in_d ? d : body)[o + i] = uint8_t(src[s + i] ^ (flip ? 0x80 : 0));
@@ -121,19 +121,23 @@ bool tileable(DType t) {
 
 namespace tiles {
 
-size_t body_bytes(DType t) { return size_t(kR) * dtype_info(t).block_bytes - (has_d_section(t) ? 32 : 0); }
-bool has_d_section(DType t) { return t != DType::Q4_K; }
+size_t body_bytes(DType t) { return size_t(kR) * dtype_info(t).block_bytes - (has_d(t) ? 32 : 0); }
+bool has_d(DType t) { return t != DType::Q4_K; }
 
 void tile_group(DType t, const uint8_t* rows, size_t row_bytes, uint8_t* out) {
   const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb, body = body_bytes(t);
-  for (size_t j = 0; j < nb; ++j)
-    for (int r = 0; r < kR; ++r)
-      tile_block(t, rows + size_t(r) * row_bytes + j * bb, r, out + j * body, out + nb * body + 32 * j);
+  for (size_t j = 0; j < nb; ++j) {
+    const Place p = place(int64_t(j), int64_t(nb), body, has_d(t));
+    for (int r = 0; r < kR; ++r) tile_block(t, rows + size_t(r) * row_bytes + j * bb, r, out + p.body, out + p.d);
+  }
 }
 
 void untile_row(DType t, const uint8_t* group, size_t row_bytes, int r, uint8_t* out) {
   const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb, body = body_bytes(t);
-  for (size_t j = 0; j < nb; ++j) untile_block(t, group + j * body, group + nb * body + 32 * j, r, out + j * bb);
+  for (size_t j = 0; j < nb; ++j) {
+    const Place p = place(int64_t(j), int64_t(nb), body, has_d(t));
+    untile_block(t, group + p.body, group + p.d, r, out + j * bb);
+  }
 }
 
 }  // namespace tiles

@@ -5,17 +5,18 @@
 // rows in tiles takes exactly the bytes it takes as rows, so a model is tiled in place at load.
 //
 // Layout (Matrix::layout == Tiles16): each full group of 16 rows g (rows 16g .. 16g+15) keeps
-// its 16 · row_bytes bytes: first one body per dtype block of the rows, in column order, then
-// (but for Q4_K) the fp16 d's of the blocks, 32 bytes per block (d[16]: row r's d at 2r). Body j
-// holds the 16 rows' block j but for its d's; every 64-byte register in it starts at a multiple
-// of 64 bytes from the group (so the loads are aligned when the matrix is). Below, X[k][r] is
-// the dword (4 bytes) k of row r of the block's field X, and "q[k][16][4]" is the 64 bytes
-// q[k][0] .. q[k][15] (one zmm: lane r = row r):
+// its 16 · row_bytes bytes, holding for each dtype block j of the rows, in column order, a body
+// (the 16 rows' block j but for its fp16 d's) and, but for Q4_K, the 32 bytes of its d's (d[16]:
+// row r's d at 2r). Blocks go in pairs, [d's of 2p | d's of 2p+1 | body 2p | body 2p+1] (an odd
+// last block: [d's | body]; tiles::place), so the group is one run read in order and every
+// 64-byte register starts at a multiple of 64 bytes from the group (aligned loads when the
+// matrix is). Below, X[k][r] is the dword (4 bytes) k of row r of the block's field X, and
+// "q[k][16][4]" is the 64 bytes q[k][0] .. q[k][15] (one zmm: lane r = row r):
 //   Q8_0  body 512 B   q[8][16][4]      q[k][r] = qs dword k, each byte + 128 (mod 256: the
 //                                       unsigned operand)
 //   Q4_0  body 256 B   n[4][16][4]      n[k][r] = qs dword k (nibbles as stored)
 //   Q4_K  body 2304 B  h[4][16][4]      h[k][r] = dword k of bytes 0..15 (d | dmin << 16, then
-//                                       scales[12]); no d section
+//                                       scales[12]); no d's apart
 //                      | n[4][8][16][4] n[g][k][r] = qs dword 8g + k
 //   Q6_K  body 3328 B  s[4][16][4]      s[k][r] = scales dword k
 //                      | for each 32-column block b = 0..7: lo[4][16][4] | hi[2][16][4]
@@ -54,9 +55,19 @@ const uint8_t* row_in_rows_layout(const Matrix& m, int64_t r, uint8_t* buf);
 void check_slice(const Matrix& m, int64_t first, int64_t n);
 
 namespace tiles {
-// Bytes of one block's body (above), and whether the dtype has a d section after the bodies.
+// Bytes of one block's body (above), and whether the dtype keeps its d's apart from the body.
 size_t body_bytes(DType t);
-bool has_d_section(DType t);
+bool has_d(DType t);
+// Where block j of a group of nb blocks is, in bytes from the group: its body and its d's, for a
+// body of `body` bytes and (with_d) 32 bytes of d's (Q4_K: bodies back to back).
+struct Place {
+  size_t body, d;
+};
+constexpr Place place(int64_t j, int64_t nb, size_t body, bool with_d = true) {
+  if (!with_d) return {size_t(j) * body, 0};
+  const size_t pair = size_t(j / 2) * (64 + 2 * body), in_pair = 2 * (j / 2) + 1 < nb ? 2 : 1;
+  return {pair + 32 * in_pair + size_t(j % 2) * body, pair + 32 * size_t(j % 2)};
+}
 // One group, scalar (the format above): `rows` = 16 rows in Rows layout, contiguous; out: their
 // 16 · row_bytes bytes as tiles. untile_row: row r (< 16) of a tiled group back in Rows layout.
 void tile_group(DType t, const uint8_t* rows, size_t row_bytes, uint8_t* out);
