@@ -50,6 +50,7 @@ LoadOptions in_memory(bool tiles) {
   LoadOptions o;
   o.no_mmap = true;
   o.tiles = tiles;
+  o.cache.tiles = tiles;  // (off by default: tiling competes with the reads; tested here)
   return o;
 }
 
@@ -58,6 +59,7 @@ LoadOptions offloaded(bool tiles) {
   o.memory_budget = uint64_t(1) << 30;  // ample: the slot count is capped below
   o.cache.n_slots = 3;                  // fewer than a layer's experts: experts are read (and tiled) again and again
   o.tiles = tiles;
+  o.cache.tiles = tiles;  // (off by default: tiling competes with the reads; tested here)
   return o;
 }
 
@@ -156,6 +158,16 @@ TEST(TiledModel, OffloadedExpertsAreTiledInTheirSlots) {
     for (const Matrix* w : {&X.w1, &X.w3, &X.w2}) EXPECT_EQ(w->layout, tiles ? Layout::Tiles16 : Layout::Rows);
     cache.release(1, 5);
   }
+  // By default only the resident weights are tiled; the slots keep file order.
+  LoadOptions o = offloaded(true);
+  o.cache.tiles = false;
+  const auto m = Model::load(path, o);
+  EXPECT_EQ(m->weights().layers[0].wq.layout, Layout::Tiles16);
+  std::vector<int32_t> e = {2};
+  m->expert_cache()->demand(0, e);
+  const ExpertWeights& X = m->expert_cache()->acquire(0, 2);
+  EXPECT_EQ(X.w1.layout, Layout::Rows);
+  m->expert_cache()->release(0, 2);
 }
 
 // A GGUF without output.weight: the LM head is the embedding, which stays in Rows layout.

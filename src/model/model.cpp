@@ -266,9 +266,8 @@ void Model::offload_experts(const std::vector<const MappedFile*>& files, uint64_
   for (auto& L : weights_.layers)
     for (auto& e : L.experts) e.w1.data = e.w3.data = e.w2.data = nullptr;  // only through the cache now
 
-  ExpertCacheOptions co = o.cache;
-  co.tiles = o.tiles;
-  for (const auto& part : where[0][0].parts) tiled_ = tiled_ || (o.tiles && tileable(part.shape.dtype));
+  ExpertCacheOptions co = o.cache;  // co.tiles as given (off by default: see its comment)
+  for (const auto& part : where[0][0].parts) tiled_ = tiled_ || (co.tiles && tileable(part.shape.dtype));
   const int64_t fit = int64_t((budget - fixed) / slot);
   co.n_slots = co.n_slots > 0 ? std::min(co.n_slots, fit) : fit;  // a caller's cap (tests) only lowers it
   experts_ = std::make_unique<ExpertCache>(paths, std::move(where), co);

@@ -23,8 +23,8 @@ struct LoadOptions {
   std::optional<int64_t> experts_per_token;  // overrides the config's top-k
   bool prefetch = false;                     // read every page once after mapping (--preload)
   bool no_mmap = false;                      // read the files into memory instead of mapping them
-  // Weights in writable memory (no_mmap, the resident copies and expert slots of offloading) are
-  // tiled in place (kernels/weight_tiles.h: Q8_0/Q4_0/Q4_K/Q6_K in the order the int8 kernels
+  // Weights in writable memory (no_mmap, the resident copies of offloading; expert slots only
+  // with cache.tiles, off by default) are tiled in place (kernels/weight_tiles.h: Q8_0/Q4_0/Q4_K/Q6_K in the order the int8 kernels
   // read them; the same values) — all but the embedding, which is read a row at a time, and the
   // LM head when it is the embedding. Mapped files are never tiled (read-only pages). Off
   // (--no-tiles): weights stay in file order, for A/B comparisons and for exporting.
