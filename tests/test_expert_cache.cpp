@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/memory.h"
 #include "engine/session.h"
+#include "session_logits.h"
 #include "test_util.h"
 
 using namespace mixtral;
@@ -34,27 +35,9 @@ LoadOptions offload(int64_t n_slots, CachePolicy policy = CachePolicy::LFU, Pref
   return o;
 }
 
-// Prefill in chunks of 7 (several experts, tokens grouped), then 12 single-token steps
-// teacher-forced: every logit of every step, concatenated.
+// Prefill in chunks of 7, then 12 single-token steps teacher-forced (session_logits.h).
 std::vector<float> run(const Model& m, const std::vector<int32_t>& tokens, int threads = 2) {
-  Session s(m, {128, 7, threads});
-  std::vector<float> all;
-  const size_t n_prompt = tokens.size() - 12;
-  for (size_t i = 0; i < n_prompt; i += 7) {
-    const std::vector<int32_t> chunk(tokens.begin() + long(i), tokens.begin() + long(std::min(n_prompt, i + 7)));
-    const auto& l = s.eval(chunk, true);
-    all.insert(all.end(), l.begin(), l.end());
-  }
-  for (size_t i = n_prompt; i < tokens.size(); ++i) {
-    const auto& l = s.eval({tokens[i]});
-    all.insert(all.end(), l.begin(), l.end());
-  }
-  return all;
-}
-
-void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << what << ": logits differ";
+  return teacher_forced_logits(m, tokens, 12, threads);
 }
 
 // Every budget from one slot to all experts, both policies, every prefetch mode.

@@ -17,6 +17,7 @@
 #include "io/gguf_writer.h"
 #include "kernels/matmul.h"
 #include "model/export_gguf.h"
+#include "session_logits.h"
 #include "test_util.h"
 
 using namespace mixtral;
@@ -63,29 +64,8 @@ LoadOptions offloaded(bool tiles) {
   return o;
 }
 
-// Prefill in chunks of 7 (several tokens per expert), then 8 single-token steps teacher-forced:
-// every logit of every step, concatenated.
-std::vector<float> run(const Model& m) {
-  const auto tokens = m.tokenizer().encode(kText, true);
-  Session s(m, {128, 7, 2});
-  std::vector<float> all;
-  const size_t n_prompt = tokens.size() - 8;
-  for (size_t i = 0; i < n_prompt; i += 7) {
-    const std::vector<int32_t> chunk(tokens.begin() + long(i), tokens.begin() + long(std::min(n_prompt, i + 7)));
-    const auto& l = s.eval(chunk, true);
-    all.insert(all.end(), l.begin(), l.end());
-  }
-  for (size_t i = n_prompt; i < tokens.size(); ++i) {
-    const auto& l = s.eval({tokens[i]});
-    all.insert(all.end(), l.begin(), l.end());
-  }
-  return all;
-}
-
-void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << what << ": logits differ";
-}
+// Prefill in chunks of 7, then 8 single-token steps teacher-forced (session_logits.h).
+std::vector<float> run(const Model& m) { return teacher_forced_logits(m, m.tokenizer().encode(kText, true), 8); }
 
 // Every quantized model, loaded every way, gives the mapped model's logits.
 void expect_tiles_change_nothing(bool int8) {

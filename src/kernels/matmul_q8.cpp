@@ -150,34 +150,22 @@ struct Avx2Quants : Avx2Loaders {
   MIXTRAL_Q8_PACKERS
   // From tiles: the same Packed bytes with plain loads (weight_tiles.h).
   using T = Avx2TileLoaders;
-  static void tiles_q8_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
+  // Q8_0 and Q4_0: a body of kBody bytes and the d's per 32-column block; load: T::w_q8_0 / w_q4_0.
+  template <size_t kBody, void (*load)(const uint8_t*, int, __m256i*)>
+  static void tiles_32(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
-      const tiles::Place at = tiles::place(b0 + j, row_blocks, tile::kQ8_0);
-      const uint8_t* t = group + at.body;
-      const uint8_t* d = group + at.d;
-      prefetch_tiles_ahead(t, tile::kQ8_0 + 32);
+      const tiles::Place at = tiles::place(b0 + j, row_blocks, kBody);
+      prefetch_tiles_ahead(group + at.body, kBody + 32);
       for (int h = 0; h < 2; ++h) {
         __m256i w[8];
-        T::w_q8_0(t, h, w);
+        load(group + at.body, h, w);
         for (int k = 0; k < 8; ++k) store_rows8(out, k, h, w[k]);
       }
-      std::memcpy(out->d16, d, sizeof out->d16);
+      std::memcpy(out->d16, group + at.d, sizeof out->d16);
     }
   }
-  static void tiles_q4_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
-    for (int64_t j = 0; j < nb; ++j, ++out) {
-      const tiles::Place at = tiles::place(b0 + j, row_blocks, tile::kQ4_0);
-      const uint8_t* t = group + at.body;
-      const uint8_t* d = group + at.d;
-      prefetch_tiles_ahead(t, tile::kQ4_0 + 32);
-      for (int h = 0; h < 2; ++h) {
-        __m256i w[8];
-        T::w_q4_0(t, h, w);
-        for (int k = 0; k < 8; ++k) store_rows8(out, k, h, w[k]);
-      }
-      std::memcpy(out->d16, d, sizeof out->d16);
-    }
-  }
+  static constexpr PackTilesFn tiles_q8_0 = tiles_32<tile::kQ8_0, T::w_q8_0>;
+  static constexpr PackTilesFn tiles_q4_0 = tiles_32<tile::kQ4_0, T::w_q4_0>;
   static void tiles_q4_K(const uint8_t* group, int64_t, int64_t b0, int64_t nb, Packed* out) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
@@ -286,30 +274,19 @@ inline void store_rows16(Packed* out, int k, __m512i v) { _mm512_store_si512(&ou
 struct Avx512Quants : Avx512Loaders {
   MIXTRAL_Q8_PACKERS
   using T = Avx512TileLoaders;
-  static void tiles_q8_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
+  template <size_t kBody, void (*load)(const uint8_t*, __m512i*)>
+  static void tiles_32(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
-      const tiles::Place at = tiles::place(b0 + j, row_blocks, tile::kQ8_0);
-      const uint8_t* t = group + at.body;
-      const uint8_t* d = group + at.d;
-      prefetch_tiles_ahead(t, tile::kQ8_0 + 32);
+      const tiles::Place at = tiles::place(b0 + j, row_blocks, kBody);
+      prefetch_tiles_ahead(group + at.body, kBody + 32);
       __m512i w[8];
-      T::w_q8_0(t, w);
+      load(group + at.body, w);
       for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
-      std::memcpy(out->d16, d, sizeof out->d16);
+      std::memcpy(out->d16, group + at.d, sizeof out->d16);
     }
   }
-  static void tiles_q4_0(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
-    for (int64_t j = 0; j < nb; ++j, ++out) {
-      const tiles::Place at = tiles::place(b0 + j, row_blocks, tile::kQ4_0);
-      const uint8_t* t = group + at.body;
-      const uint8_t* d = group + at.d;
-      prefetch_tiles_ahead(t, tile::kQ4_0 + 32);
-      __m512i w[8];
-      T::w_q4_0(t, w);
-      for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
-      std::memcpy(out->d16, d, sizeof out->d16);
-    }
-  }
+  static constexpr PackTilesFn tiles_q8_0 = tiles_32<tile::kQ8_0, T::w_q8_0>;
+  static constexpr PackTilesFn tiles_q4_0 = tiles_32<tile::kQ4_0, T::w_q4_0>;
   static void tiles_q4_K(const uint8_t* group, int64_t, int64_t b0, int64_t nb, Packed* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {

@@ -335,44 +335,45 @@ constexpr std::array<DecodeFn, kDecodeMaxTokens> decode_fns(std::integer_sequenc
 
 }  // namespace
 
+namespace {
+// Index of t in the tables below (-1: no int8 path), and the entry for n_tokens.
+int decode_type(DType t) {
+  switch (t) {
+    case DType::Q8_0: return 0;
+    case DType::Q4_0: return 1;
+    case DType::Q4_K: return 2;
+    case DType::Q6_K: return 3;
+    default: return -1;
+  }
+}
+using DecodeTable = std::array<DecodeFn, kDecodeMaxTokens>;
+DecodeFn pick(const DecodeTable (&vnni512)[4], const DecodeTable (&avx2)[4], DType t, int n_tokens, bool vnni) {
+  const int type = decode_type(t);
+  if (type < 0 || n_tokens < 1 || n_tokens > kDecodeMaxTokens) return nullptr;
+  return (vnni ? vnni512 : avx2)[type][size_t(n_tokens - 1)];
+}
+}  // namespace
+
 DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {
   constexpr auto nt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
-  static const std::array<DecodeFn, kDecodeMaxTokens> kVnni512[] = {
+  static const DecodeTable kVnni512[] = {
       decode_fns<Vnni512Decode, Q8_0Policy>(nt), decode_fns<Vnni512Decode, Q4_0Policy>(nt),
       decode_fns<Vnni512Decode, Q4_KPolicy>(nt), {} /* Q6_K: the packed path */};
-  static const std::array<DecodeFn, kDecodeMaxTokens> kAvx2[] = {
+  static const DecodeTable kAvx2[] = {
       decode_fns<Avx2Decode, Q8_0Policy>(nt), decode_fns<Avx2Decode, Q4_0Policy>(nt),
       decode_fns<Avx2Decode, Q4_KPolicy>(nt), {} /* Q6_K */};
-  int type = -1;
-  switch (t) {
-    case DType::Q8_0: type = 0; break;
-    case DType::Q4_0: type = 1; break;
-    case DType::Q4_K: type = 2; break;
-    case DType::Q6_K: type = 3; break;
-    default: return nullptr;
-  }
-  if (n_tokens < 1 || n_tokens > kDecodeMaxTokens) return nullptr;
-  return (vnni ? kVnni512 : kAvx2)[type][size_t(n_tokens - 1)];
+  return pick(kVnni512, kAvx2, t, n_tokens, vnni);
 }
 
 DecodeFn decode_tiles_kernel(DType t, int n_tokens, bool vnni) {
   constexpr auto nt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
-  static const std::array<DecodeFn, kDecodeMaxTokens> kVnni512[] = {
+  static const DecodeTable kVnni512[] = {
       decode_fns<Vnni512TileDecode, Q8_0Policy>(nt), decode_fns<Vnni512TileDecode, Q4_0Policy>(nt),
       decode_fns<Vnni512TileDecode, Q4_KPolicy>(nt), decode_fns<Vnni512TileDecode, Q6_KPolicy>(nt)};
-  static const std::array<DecodeFn, kDecodeMaxTokens> kAvx2[] = {
+  static const DecodeTable kAvx2[] = {
       decode_fns<Avx2TileDecode, Q8_0Policy>(nt), decode_fns<Avx2TileDecode, Q4_0Policy>(nt),
       decode_fns<Avx2TileDecode, Q4_KPolicy>(nt), decode_fns<Avx2TileDecode, Q6_KPolicy>(nt)};
-  int type = -1;
-  switch (t) {
-    case DType::Q8_0: type = 0; break;
-    case DType::Q4_0: type = 1; break;
-    case DType::Q4_K: type = 2; break;
-    case DType::Q6_K: type = 3; break;
-    default: return nullptr;
-  }
-  if (n_tokens < 1 || n_tokens > kDecodeMaxTokens) return nullptr;
-  return (vnni ? kVnni512 : kAvx2)[type][size_t(n_tokens - 1)];
+  return pick(kVnni512, kAvx2, t, n_tokens, vnni);
 }
 
 }  // namespace mixtral::q8
