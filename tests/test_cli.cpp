@@ -28,10 +28,20 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
+// This test process's scratch directory (its files reach ~80 MB: truncated and hostile model
+// copies), removed when the process ends.
+struct ScratchDir {
+  const std::string path = ::testing::TempDir() + "/mixtral-cli-" + std::to_string(::getpid());
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
 std::string temp_path(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "/mixtral-cli-" + std::to_string(::getpid());
-  fs::create_directories(dir);
-  return dir + "/" + name;
+  static const ScratchDir dir;
+  fs::create_directories(dir.path);
+  return dir.path + "/" + name;
 }
 
 // Runs `mixtral ARGS...` with a time limit; captures stdout and stderr.

@@ -486,9 +486,7 @@ void set_int8_activations(bool on) { g_int8_activations.store(on, std::memory_or
 bool int8_activations() { return g_int8_activations.load(std::memory_order_relaxed); }
 
 void matmul(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
-  if (int8_activations() && int8_activation_dtype(W.dtype)) {
-    return matmul_q8(W, x, n_tokens, y, pool);
-  }
+  if (int8_activations() && int8_activation_dtype(W.dtype)) return matmul_q8(W, x, n_tokens, y, pool);
   if (W.layout != Layout::Rows && !tileable(W.dtype))  // BF16 (matmul_bf16) and F32/F16 read rows
     fail("matmul", "only quantized weights have a tiled layout");
   const DTypeInfo info = dtype_info(W.dtype);
