@@ -724,6 +724,28 @@ TEST(GgufWriter, AlignmentPaddingAndOwnership) {
   EXPECT_FALSE(w.has("general.alignment"));
 }
 
+// --no-mmap puts a GGUF's data section on a 64-byte boundary, wherever the (32-aligned) file
+// has it: the weights' 64-byte loads (weight tiles) are then aligned. Same bytes either way.
+TEST(GgufFile, InMemoryDataSectionIs64ByteAligned) {
+  TempDir dir;
+  for (size_t len : {size_t(1), size_t(9), size_t(17), size_t(25), size_t(33), size_t(41), size_t(49), size_t(57)}) {
+    const std::string p = dir.file("a" + std::to_string(len) + ".gguf");
+    GgufWriter w;  // default alignment 32: the string's length moves the data section
+    w.set_string("general.architecture", std::string(len, 'x'));
+    std::vector<uint8_t> q(34 * 4);
+    for (size_t i = 0; i < q.size(); ++i) q[i] = uint8_t(i * 7);
+    w.add_tensor("q", DType::Q8_0, {2, 64}, std::move(q));
+    w.write(p);
+    const GgufFile mapped(p), mem(p, true);
+    ASSERT_EQ(mapped.data_offset(), mem.data_offset());
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(mem.file().data() + mem.data_offset()) % 64, 0u) << len;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(mem.find("q")->data) % 64, 0u) << len;
+    EXPECT_EQ(std::memcmp(mem.find("q")->data, mapped.find("q")->data, 34 * 4), 0) << len;
+    ASSERT_EQ(mem.file().size(), mapped.file().size());
+    EXPECT_EQ(std::memcmp(mem.file().data(), mapped.file().data(), mapped.file().size()), 0) << len;
+  }
+}
+
 TEST(GgufWriter, RejectsBadTensors) {
   GgufWriter w;
   std::vector<uint8_t> buf(1 << 16);

@@ -11,8 +11,9 @@ class MappedFile {
   // Maps `path`; throws Error naming the file when it cannot be opened or mapped. With
   // `in_memory` the file is instead read into anonymous memory (--no-mmap): the bytes then
   // cannot be dropped by the page cache, which benchmarks need (this VM evicts file pages
-  // left unused for ~60 s).
-  explicit MappedFile(const std::string& path, bool in_memory = false);
+  // left unused for ~60 s). In memory, file offset `align_at` is placed on a 64-byte boundary
+  // (a GGUF's data section: aligned 64-byte loads of its weights, weight_tiles.h).
+  explicit MappedFile(const std::string& path, bool in_memory = false, uint64_t align_at = 0);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -37,6 +38,8 @@ class MappedFile {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   bool in_memory_ = false;
+  uint8_t* block_ = nullptr;  // in memory: the allocation, data_ - block_ bytes before data_
+  size_t block_size_ = 0;
 };
 
 }  // namespace mixtral

@@ -184,8 +184,7 @@ bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul
 
 }  // namespace
 
-GgufFile::GgufFile(const std::string& path, bool in_memory)
-    : file_(std::make_unique<MappedFile>(path, in_memory)) {
+GgufFile::GgufFile(const std::string& path, bool in_memory) : file_(std::make_unique<MappedFile>(path)) {
   const std::string& p = file_->path();
   Cursor c(file_->data(), file_->size(), p);
 
@@ -320,6 +319,15 @@ GgufFile::GgufFile(const std::string& path, bool in_memory)
     if (infos[order[k]].offset < prev.offset + prev.nbytes)
       fail(p, "tensors " + tensors_[order[k - 1]].name + " and " + tensors_[order[k]].name +
                   " overlap in the data section");
+  }
+  // --no-mmap: the header was read through the mapping; now the whole file is read into memory
+  // with the data section on a 64-byte boundary (files align it to 32 bytes by default), so
+  // the weights' 64-byte loads are aligned.
+  if (in_memory) {
+    auto mem = std::make_unique<MappedFile>(p, true, data_offset_);
+    if (mem->size() != file_->size()) fail(p, "changed size while being read");
+    for (RawTensor& t : tensors_) t.data = mem->data() + (t.data - file_->data());
+    file_ = std::move(mem);
   }
 }
 
