@@ -108,7 +108,7 @@ inline void store_rows8(Packed* out, int k, int h, __m256i v) {
 }
 
 // Packs 32-column blocks [b0, b0 + nb) of a whole group of a Tiles16 W (group: its first byte;
-// row_blocks: 32-column blocks per row, which place the blocks: tiles::place).
+// row_blocks: 32-column blocks per row, which place the blocks: place).
 using PackTilesFn = void (*)(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out);
 
 // The packers proper, blocks [b0, b0 + nb): defined inside each Quants struct (so that the
@@ -154,7 +154,7 @@ struct Avx2Quants : Avx2Loaders {
   template <size_t kBody, void (*load)(const uint8_t*, int, __m256i*)>
   static void tiles_32(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
-      const tiles::Place at = tiles::place(b0 + j, row_blocks, kBody);
+      const Place at = place(b0 + j, row_blocks, kBody);
       prefetch_tiles_ahead(group + at.body, kBody + 32);
       for (int h = 0; h < 2; ++h) {
         __m256i w[8];
@@ -164,13 +164,13 @@ struct Avx2Quants : Avx2Loaders {
       std::memcpy(out->d16, group + at.d, sizeof out->d16);
     }
   }
-  static constexpr PackTilesFn tiles_q8_0 = tiles_32<tile::kQ8_0, T::w_q8_0>;
-  static constexpr PackTilesFn tiles_q4_0 = tiles_32<tile::kQ4_0, T::w_q4_0>;
+  static constexpr PackTilesFn tiles_q8_0 = tiles_32<kQ8_0, T::w_q8_0>;
+  static constexpr PackTilesFn tiles_q4_0 = tiles_32<kQ4_0, T::w_q4_0>;
   static void tiles_q4_K(const uint8_t* group, int64_t, int64_t b0, int64_t nb, Packed* out) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
-      const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ4_K;
-      prefetch_tiles_ahead(t, tile::kQ4_K);
+      const uint8_t* t = group + size_t((b0 + j) / 8) * kQ4_K;
+      prefetch_tiles_ahead(t, kQ4_K);
       for (int g = 0; g < 4; ++g)
         for (int h = 0; h < 2; ++h) {
           __m256i v[8];
@@ -185,10 +185,10 @@ struct Avx2Quants : Avx2Loaders {
   }
   static void tiles_q6_K(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
-      const tiles::Place at = tiles::place((b0 + j) / 8, row_blocks / 8, tile::kQ6_K);
+      const Place at = place((b0 + j) / 8, row_blocks / 8, kQ6_K);
       const uint8_t* t = group + at.body;
       const uint8_t* d = group + at.d;
-      prefetch_tiles_ahead(t, tile::kQ6_K + 32);
+      prefetch_tiles_ahead(t, kQ6_K + 32);
       for (int b = 0; b < 8; ++b) {
         for (int h = 0; h < 2; ++h) {
           __m256i w[8], i0, i1;
@@ -277,7 +277,7 @@ struct Avx512Quants : Avx512Loaders {
   template <size_t kBody, void (*load)(const uint8_t*, __m512i*)>
   static void tiles_32(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; ++j, ++out) {
-      const tiles::Place at = tiles::place(b0 + j, row_blocks, kBody);
+      const Place at = place(b0 + j, row_blocks, kBody);
       prefetch_tiles_ahead(group + at.body, kBody + 32);
       __m512i w[8];
       load(group + at.body, w);
@@ -285,13 +285,13 @@ struct Avx512Quants : Avx512Loaders {
       std::memcpy(out->d16, group + at.d, sizeof out->d16);
     }
   }
-  static constexpr PackTilesFn tiles_q8_0 = tiles_32<tile::kQ8_0, T::w_q8_0>;
-  static constexpr PackTilesFn tiles_q4_0 = tiles_32<tile::kQ4_0, T::w_q4_0>;
+  static constexpr PackTilesFn tiles_q8_0 = tiles_32<kQ8_0, T::w_q8_0>;
+  static constexpr PackTilesFn tiles_q4_0 = tiles_32<kQ4_0, T::w_q4_0>;
   static void tiles_q4_K(const uint8_t* group, int64_t, int64_t b0, int64_t nb, Packed* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
-      const uint8_t* t = group + size_t((b0 + j) / 8) * tile::kQ4_K;
-      prefetch_tiles_ahead(t, tile::kQ4_K);
+      const uint8_t* t = group + size_t((b0 + j) / 8) * kQ4_K;
+      prefetch_tiles_ahead(t, kQ4_K);
       for (int g = 0; g < 4; ++g) {
         __m512i v[8];
         T::v_q4_K(t, g, v);
@@ -305,10 +305,10 @@ struct Avx512Quants : Avx512Loaders {
   }
   static void tiles_q6_K(const uint8_t* group, int64_t row_blocks, int64_t b0, int64_t nb, Packed* out) {
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
-      const tiles::Place at = tiles::place((b0 + j) / 8, row_blocks / 8, tile::kQ6_K);
+      const Place at = place((b0 + j) / 8, row_blocks / 8, kQ6_K);
       const uint8_t* t = group + at.body;
       const uint8_t* d = group + at.d;
-      prefetch_tiles_ahead(t, tile::kQ6_K + 32);
+      prefetch_tiles_ahead(t, kQ6_K + 32);
       for (int b = 0; b < 8; ++b) {
         __m512i w[8], i0, i1;
         T::w_q6_K(t, b, w);

@@ -199,15 +199,7 @@ struct Avx2Loaders {
 // The tiles hold the loaders' registers as they are: plain loads (Q4_0 / Q4_K: the nibbles
 // split; Q6_K: the low 4 and high 2 bits joined). t: the block's body; d: its 32 bytes of d's.
 
-namespace tile {  // byte sizes and offsets of a block's body (where blocks are: tiles::place)
-constexpr size_t kQ8_0 = 512, kQ4_0 = 256, kQ4_K = 2304, kQ6_K = 3328;
-constexpr size_t q4_K_qs(int g) { return 256 + 512 * size_t(g); }
-constexpr size_t q6_K_block(int b) { return 256 + 384 * size_t(b); }
-static_assert(q6_K_block(8) == kQ6_K && q4_K_qs(4) == kQ4_K, "tile sizes");
-static_assert(kQ8_0 + 32 == 16 * sizeof(BlockQ8_0) && kQ4_0 + 32 == 16 * sizeof(BlockQ4_0) &&
-                  kQ4_K == 16 * sizeof(BlockQ4_K) && kQ6_K + 32 == 16 * sizeof(BlockQ6_K),
-              "a group of tiles takes the bytes of its rows");
-}  // namespace tile
+using namespace tiles;  // the format's sizes and offsets (kQ8_0, q4_K_qs, ...) and place()
 
 // A thread reads its rows' tiles as one run, in order. The hardware prefetchers alone streamed
 // them at 24-34 GB/s here (bench_matmul, 1 token, Q4_K / Q6_K / Q8_0 tiles); prefetching each
@@ -239,12 +231,12 @@ struct Avx2TileLoaders {
   }
   // Q4_K group g of the super-block tile t: v[k] as Avx2Loaders::v_q4_K.
   static void v_q4_K(const uint8_t* t, int g, int h, __m256i v[8]) {
-    for (int k = 0; k < 8; ++k) v[k] = ld(t + tile::q4_K_qs(g) + 64 * k + 32 * h);
+    for (int k = 0; k < 8; ++k) v[k] = ld(t + q4_K_qs(g) + 64 * k + 32 * h);
   }
   // Q6_K 32-column block b of the super-block tile t: w[k] as Packed::q holds it.
   static void w_q6_K(const uint8_t* t, int b, int h, __m256i w[8]) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x30);
-    const uint8_t* p = t + tile::q6_K_block(b) + 32 * h;
+    const uint8_t* p = t + q6_K_block(b) + 32 * h;
     for (int k = 0; k < 4; ++k) {
       const __m256i lo = ld(p + 64 * k);
       w[k] = _mm256_and_si256(lo, m4);
@@ -390,11 +382,11 @@ struct Avx512TileLoaders {
     for (int k = 0; k < 4; ++k) r[k] = ld(t + 64 * k);
   }
   static void v_q4_K(const uint8_t* t, int g, __m512i v[8]) {
-    for (int k = 0; k < 8; ++k) v[k] = ld(t + tile::q4_K_qs(g) + 64 * k);
+    for (int k = 0; k < 8; ++k) v[k] = ld(t + q4_K_qs(g) + 64 * k);
   }
   static void w_q6_K(const uint8_t* t, int b, __m512i w[8]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
-    const uint8_t* p = t + tile::q6_K_block(b);
+    const uint8_t* p = t + q6_K_block(b);
     for (int k = 0; k < 4; ++k) {
       const __m512i lo = ld(p + 64 * k);
       w[k] = _mm512_and_si512(lo, m4);

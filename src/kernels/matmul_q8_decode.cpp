@@ -134,9 +134,9 @@ struct Vnni512TileDecode {
       for (int i = 0; i < NT; ++i) f[i] = zf;
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
-        constexpr size_t bytes = q8 ? tile::kQ8_0 : tile::kQ4_0;
+        constexpr size_t bytes = q8 ? kQ8_0 : kQ4_0;
         for (int64_t j = 0; j < nb; ++j) {
-          const tiles::Place at = tiles::place(j, nb, bytes);
+          const Place at = place(j, nb, bytes);
           const uint8_t* b = t + at.body;
           prefetch_tiles_ahead(b, bytes + 32);
           __m512i w[8];
@@ -145,8 +145,8 @@ struct Vnni512TileDecode {
           vnni_block<P, NT>(w, L::d16(t + at.d), zf, zi, zi, xb + j * NT, f);
         }
       } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
-        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ4_K) {
-          prefetch_tiles_ahead(t, tile::kQ4_K);
+        for (int64_t j = 0; j < nb; j += 8, t += kQ4_K) {
+          prefetch_tiles_ahead(t, kQ4_K);
           __m512i r[4];
           __m512 d, ndmin;
           L::q4_K_header(t, r);
@@ -166,9 +166,9 @@ struct Vnni512TileDecode {
         }
       } else {  // Q6_K
         for (int64_t j = 0; j < nb; j += 8) {
-          const tiles::Place at = tiles::place(j / 8, nb / 8, tile::kQ6_K);
+          const Place at = place(j / 8, nb / 8, kQ6_K);
           const uint8_t* t6 = t + at.body;
-          prefetch_tiles_ahead(t6, tile::kQ6_K + 32);
+          prefetch_tiles_ahead(t6, kQ6_K + 32);
           const __m512 d = L::d16(t + at.d);
 #pragma GCC unroll 2
           for (int b = 0; b < 8; ++b) {
@@ -265,9 +265,9 @@ struct Avx2TileDecode {
       for (int i = 0; i < NT; ++i) f[i][0] = f[i][1] = zf;
       if constexpr (std::is_same_v<P, Q8_0Policy> || std::is_same_v<P, Q4_0Policy>) {
         constexpr bool q8 = std::is_same_v<P, Q8_0Policy>;
-        constexpr size_t bytes = q8 ? tile::kQ8_0 : tile::kQ4_0;
+        constexpr size_t bytes = q8 ? kQ8_0 : kQ4_0;
         for (int64_t j = 0; j < nb; ++j) {
-          const tiles::Place at = tiles::place(j, nb, bytes);
+          const Place at = place(j, nb, bytes);
           const uint8_t* b = t + at.body;
           prefetch_tiles_ahead(b, bytes + 32);
           for (int h = 0; h < 2; ++h) {
@@ -278,8 +278,8 @@ struct Avx2TileDecode {
           }
         }
       } else if constexpr (std::is_same_v<P, Q4_KPolicy>) {
-        for (int64_t j = 0; j < nb; j += 8, t += tile::kQ4_K) {
-          prefetch_tiles_ahead(t, tile::kQ4_K);
+        for (int64_t j = 0; j < nb; j += 8, t += kQ4_K) {
+          prefetch_tiles_ahead(t, kQ4_K);
           alignas(64) Packed sc[8];
           q4_K_tile_scales(t, sc);
           for (int gq = 0; gq < 4; ++gq)
@@ -298,9 +298,9 @@ struct Avx2TileDecode {
         }
       } else {  // Q6_K
         for (int64_t j = 0; j < nb; j += 8) {
-          const tiles::Place at = tiles::place(j / 8, nb / 8, tile::kQ6_K);
+          const Place at = place(j / 8, nb / 8, kQ6_K);
           const uint8_t* t6 = t + at.body;
-          prefetch_tiles_ahead(t6, tile::kQ6_K + 32);
+          prefetch_tiles_ahead(t6, kQ6_K + 32);
           for (int b = 0; b < 8; ++b)
             for (int h = 0; h < 2; ++h) {
               __m256i w[8], i0, i1;

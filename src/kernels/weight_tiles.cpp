@@ -31,7 +31,7 @@ void for_each_piece(DType t, int r, F&& f) {
     case DType::Q4_K:
       for (int k = 0; k < 4; ++k) f(4 * k, 64 * k + 4 * r, 4, false, false);
       for (int g = 0; g < 4; ++g)
-        for (int k = 0; k < 8; ++k) f(16 + 32 * g + 4 * k, 256 + 512 * g + 64 * k + 4 * r, 4, false, false);
+        for (int k = 0; k < 8; ++k) f(16 + 32 * g + 4 * k, tiles::q4_K_qs(g) + 64 * k + 4 * r, 4, false, false);
       break;
     case DType::Q6_K:  // d and scales; the quants are rearranged (tile_q6_values)
       f(offsetof(BlockQ6_K, d), 2 * r, 2, false, true);
@@ -42,7 +42,7 @@ void for_each_piece(DType t, int r, F&& f) {
 }
 
 // Q6_K: where the 32 values of 32-column block b live in a body (row r).
-constexpr size_t q6_lo(int b, int k, int r) { return 256 + 384 * size_t(b) + 64 * size_t(k) + 4 * size_t(r); }
+constexpr size_t q6_lo(int b, int k, int r) { return tiles::q6_K_block(b) + 64 * size_t(k) + 4 * size_t(r); }
 constexpr size_t q6_hi(int b, int h, int r) { return q6_lo(b, 4 + h, r); }
 
 // Q6_K's values move a dword (4 values of a row) at a time; every mask keeps bits inside their
@@ -120,9 +120,6 @@ bool tileable(DType t) {
 }
 
 namespace tiles {
-
-size_t body_bytes(DType t) { return size_t(kR) * dtype_info(t).block_bytes - (has_d(t) ? 32 : 0); }
-bool has_d(DType t) { return t != DType::Q4_K; }
 
 void tile_group(DType t, const uint8_t* rows, size_t row_bytes, uint8_t* out) {
   const size_t bb = dtype_info(t).block_bytes, nb = row_bytes / bb, body = body_bytes(t);

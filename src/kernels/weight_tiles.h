@@ -33,6 +33,7 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "quant/blocks.h"
 
 namespace mixtral {
 
@@ -57,9 +58,19 @@ const uint8_t* row_in_rows_layout(const Matrix& m, int64_t r, uint8_t* buf);
 void check_slice(const Matrix& m, int64_t first, int64_t n);
 
 namespace tiles {
-// Bytes of one block's body (above), and whether the dtype keeps its d's apart from the body.
-size_t body_bytes(DType t);
-bool has_d(DType t);
+// Bytes of one block's body (above) and offsets in it; every size here is the format's.
+constexpr size_t kQ8_0 = 512, kQ4_0 = 256, kQ4_K = 2304, kQ6_K = 3328;
+constexpr size_t q4_K_qs(int g) { return 256 + 512 * size_t(g); }     // n[g]
+constexpr size_t q6_K_block(int b) { return 256 + 384 * size_t(b); }  // lo of 32-column block b
+static_assert(q6_K_block(8) == kQ6_K && q4_K_qs(4) == kQ4_K, "tile sizes");
+static_assert(kQ8_0 + 32 == 16 * sizeof(BlockQ8_0) && kQ4_0 + 32 == 16 * sizeof(BlockQ4_0) &&
+                  kQ4_K == 16 * sizeof(BlockQ4_K) && kQ6_K + 32 == 16 * sizeof(BlockQ6_K),
+              "a group of tiles takes the bytes of its rows");
+// Whether the dtype keeps its d's apart from the body (all but Q4_K), and its body's bytes.
+constexpr bool has_d(DType t) { return t != DType::Q4_K; }
+constexpr size_t body_bytes(DType t) {
+  return t == DType::Q8_0 ? kQ8_0 : t == DType::Q4_0 ? kQ4_0 : t == DType::Q4_K ? kQ4_K : kQ6_K;
+}
 // Where block j of a group of nb blocks is, in bytes from the group: its body and its d's, for a
 // body of `body` bytes and (with_d) 32 bytes of d's (Q4_K: bodies back to back).
 struct Place {
