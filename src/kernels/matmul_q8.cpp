@@ -167,19 +167,10 @@ struct Avx2Quants : Avx2Loaders {
   static constexpr PackTilesFn tiles_q8_0 = tiles_32<kQ8_0, T::w_q8_0>;
   static constexpr PackTilesFn tiles_q4_0 = tiles_32<kQ4_0, T::w_q4_0>;
   static void tiles_q4_K(const uint8_t* group, int64_t, int64_t b0, int64_t nb, Packed* out) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
       const uint8_t* t = group + size_t((b0 + j) / 8) * kQ4_K;
       prefetch_tiles_ahead(t, kQ4_K);
-      for (int g = 0; g < 4; ++g)
-        for (int h = 0; h < 2; ++h) {
-          __m256i v[8];
-          T::v_q4_K(t, g, h, v);
-          for (int k = 0; k < 8; ++k) {
-            store_rows8(out + 2 * g, k, h, _mm256_and_si256(v[k], m4));
-            store_rows8(out + 2 * g + 1, k, h, _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4));
-          }
-        }
+      q4_K_quants([&](int g, int h, __m256i v[8]) { T::v_q4_K(t, g, h, v); }, out);
       q4_K_tile_scales(t, out);
     }
   }
@@ -218,17 +209,22 @@ struct Avx2Quants : Avx2Loaders {
   }
   // Group g of 64 values = sub-blocks 2g (low nibbles of qs[32g..32g+32)) and 2g+1 (high).
   static void q4_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    q4_K_quants([&](int g, int h, __m256i v[8]) { v_q4_K(rows, off, g, h, v); }, out);
+  }
+  // The quants of a Q4_K super-block's 8 Packed blocks, rows or tiles alike: load(g, h, v) =
+  // group g's qs registers for rows 8h .. 8h+8 (low nibbles: block 2g, high: 2g+1).
+  template <class LoadV>
+  static void q4_K_quants(LoadV&& load, Packed* out) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    for (int h = 0; h < 2; ++h) {
+    for (int h = 0; h < 2; ++h)
       for (int g = 0; g < 4; ++g) {
         __m256i v[8];
-        v_q4_K(rows, off, g, h, v);
+        load(g, h, v);
         for (int k = 0; k < 8; ++k) {
           store_rows8(out + 2 * g, k, h, _mm256_and_si256(v[k], m4));
           store_rows8(out + 2 * g + 1, k, h, _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4));
         }
       }
-    }
   }
   // Activation block 4·half + q is quarter q of that half: low 4 bits from
   // ql[64·half + 32(q%2) + l] (nibble q/2), high 2 bits from qh[32·half + l] >> 2q.
@@ -288,18 +284,10 @@ struct Avx512Quants : Avx512Loaders {
   static constexpr PackTilesFn tiles_q8_0 = tiles_32<kQ8_0, T::w_q8_0>;
   static constexpr PackTilesFn tiles_q4_0 = tiles_32<kQ4_0, T::w_q4_0>;
   static void tiles_q4_K(const uint8_t* group, int64_t, int64_t b0, int64_t nb, Packed* out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int64_t j = 0; j < nb; j += 8, out += 8) {
       const uint8_t* t = group + size_t((b0 + j) / 8) * kQ4_K;
       prefetch_tiles_ahead(t, kQ4_K);
-      for (int g = 0; g < 4; ++g) {
-        __m512i v[8];
-        T::v_q4_K(t, g, v);
-        for (int k = 0; k < 8; ++k) {
-          store_rows16(out + 2 * g, k, _mm512_and_si512(v[k], m4));
-          store_rows16(out + 2 * g + 1, k, _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4));
-        }
-      }
+      q4_K_quants([&](int g, __m512i v[8]) { T::v_q4_K(t, g, v); }, out);
       q4_K_tile_scales(t, out);
     }
   }
@@ -331,10 +319,14 @@ struct Avx512Quants : Avx512Loaders {
     for (int k = 0; k < 8; ++k) store_rows16(out, k, w[k]);
   }
   static void q4_K(const uint8_t* const* rows, size_t off, Packed* out) {
+    q4_K_quants([&](int g, __m512i v[8]) { v_q4_K(rows, off, g, v); }, out);
+  }
+  template <class LoadV>  // as Avx2Quants::q4_K_quants, 16 rows at once
+  static void q4_K_quants(LoadV&& load, Packed* out) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int g = 0; g < 4; ++g) {
       __m512i v[8];
-      v_q4_K(rows, off, g, v);
+      load(g, v);
       for (int k = 0; k < 8; ++k) {
         store_rows16(out + 2 * g, k, _mm512_and_si512(v[k], m4));
         store_rows16(out + 2 * g + 1, k, _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4));

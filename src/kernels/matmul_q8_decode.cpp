@@ -48,12 +48,34 @@ namespace {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
+// One Q4_K super-block (8 blocks of 32 columns) for NT tokens, 16 rows in lanes, from rows or
+// tiles alike: r = the rows' first 16 bytes as Avx512Loaders::rows16x16 gives them, load(g, v) =
+// group g's qs registers as Avx512Loaders::v_q4_K gives them.
+template <class P, int NT, class LoadV>
+[[gnu::always_inline]] inline void vnni_q4_K(const __m512i r[4], LoadV&& load, const XBlock* x, __m512 f[]) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), zi = _mm512_setzero_si512();
+  __m512 d, ndmin;
+  Avx512Loaders::q4_K_d(r, d, ndmin);
+#pragma GCC unroll 4
+  for (int gq = 0; gq < 4; ++gq) {
+    __m512i v[8], w[8];
+    __m512 s0, s1;
+    load(gq, v);
+    for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
+    Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq, s0, s1);
+    vnni_block<P, NT>(w, s0, s1, zi, zi, x + 2 * gq * NT, f);
+    for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
+    Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq + 1, s0, s1);
+    vnni_block<P, NT>(w, s0, s1, zi, zi, x + (2 * gq + 1) * NT, f);
+  }
+}
+
 template <class P, int NT>
 struct Vnni512Decode {
   static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
     const int64_t N = W.rows, nb = W.cols / 32;
     const size_t rb = W.row_bytes();
-    const __m512i m4 = _mm512_set1_epi8(0x0F), zi = _mm512_setzero_si512();
+    const __m512i zi = _mm512_setzero_si512();
     const __m512 zf = _mm512_setzero_ps();
     for (int64_t g = r0; g < r1; g += kRows) {
       const int nr = int(std::min<int64_t>(kRows, r1 - g));
@@ -94,21 +116,8 @@ struct Vnni512Decode {
           const size_t off = size_t(j / 8) * sizeof(BlockQ4_K);
           prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
           __m512i r[4];
-          __m512 d, ndmin;
           Avx512Loaders::rows16x16(rows, off, r);
-          Avx512Loaders::q4_K_d(r, d, ndmin);
-#pragma GCC unroll 4
-          for (int gq = 0; gq < 4; ++gq) {
-            __m512i v[8], w[8];
-            __m512 s0, s1;
-            Avx512Loaders::v_q4_K(rows, off, gq, v);
-            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
-            Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq, s0, s1);
-            vnni_block<P, NT>(w, s0, s1, zi, zi, xb + (j + 2 * gq) * NT, f);
-            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
-            Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq + 1, s0, s1);
-            vnni_block<P, NT>(w, s0, s1, zi, zi, xb + (j + 2 * gq + 1) * NT, f);
-          }
+          vnni_q4_K<P, NT>(r, [&](int g, __m512i v[8]) { Avx512Loaders::v_q4_K(rows, off, g, v); }, xb + j * NT, f);
         }
       }
       const __mmask16 m = __mmask16((1u << nr) - 1);
@@ -125,7 +134,7 @@ struct Vnni512TileDecode {
   static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
     using L = Avx512TileLoaders;
     const int64_t N = W.rows, nb = W.cols / 32;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), zi = _mm512_setzero_si512();
+    const __m512i zi = _mm512_setzero_si512();
     const __m512 zf = _mm512_setzero_ps();
     for (int64_t g = r0; g < r1; g += kRows) {
       const uint8_t* t = W.row(g);
@@ -148,21 +157,8 @@ struct Vnni512TileDecode {
         for (int64_t j = 0; j < nb; j += 8, t += kQ4_K) {
           prefetch_tiles_ahead(t, kQ4_K);
           __m512i r[4];
-          __m512 d, ndmin;
           L::q4_K_header(t, r);
-          Avx512Loaders::q4_K_d(r, d, ndmin);
-#pragma GCC unroll 4
-          for (int gq = 0; gq < 4; ++gq) {
-            __m512i v[8], w[8];
-            __m512 s0, s1;
-            L::v_q4_K(t, gq, v);
-            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(v[k], m4);
-            Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq, s0, s1);
-            vnni_block<P, NT>(w, s0, s1, zi, zi, xb + (j + 2 * gq) * NT, f);
-            for (int k = 0; k < 8; ++k) w[k] = _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m4);
-            Avx512Loaders::q4_K_scale(r, d, ndmin, 2 * gq + 1, s0, s1);
-            vnni_block<P, NT>(w, s0, s1, zi, zi, xb + (j + 2 * gq + 1) * NT, f);
-          }
+          vnni_q4_K<P, NT>(r, [&](int g, __m512i v[8]) { L::v_q4_K(t, g, v); }, xb + j * NT, f);
         }
       } else {  // Q6_K
         for (int64_t j = 0; j < nb; j += 8) {
@@ -190,13 +186,32 @@ struct Vnni512TileDecode {
 
 // ---- AVX2: two ymm (rows 0-7, 8-15) ----
 
+// One Q4_K super-block for NT tokens on AVX2, rows or tiles alike: sc = its 8 blocks' scales
+// (q4_K_scales / q4_K_tile_scales), load(g, h, v) = group g's qs registers for rows 8h .. 8h+8.
+template <class P, int NT, class LoadV>
+[[gnu::always_inline]] inline void avx2_q4_K(const Packed sc[8], LoadV&& load, const XBlock* x, __m256 (*f)[2]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), zi = _mm256_setzero_si256();
+  for (int gq = 0; gq < 4; ++gq)
+    for (int h = 0; h < 2; ++h) {
+      __m256i v[8], w[8];
+      load(gq, h, v);
+      for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(v[k], m4);
+      const Packed& a = sc[2 * gq];
+      avx2_block<P, NT>(w, _mm256_load_ps(a.s0 + 8 * h), _mm256_load_ps(a.s1 + 8 * h), zi, zi, x + 2 * gq * NT, f, h);
+      for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);
+      const Packed& b = sc[2 * gq + 1];
+      avx2_block<P, NT>(w, _mm256_load_ps(b.s0 + 8 * h), _mm256_load_ps(b.s1 + 8 * h), zi, zi,
+                        x + (2 * gq + 1) * NT, f, h);
+    }
+}
+
 // Decode on AVX2: as Vnni512Decode, each block as two halves of 8 rows.
 template <class P, int NT>
 struct Avx2Decode {
   static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
     const int64_t N = W.rows, nb = W.cols / 32;
     const size_t rb = W.row_bytes();
-    const __m256i m4 = _mm256_set1_epi8(0x0F), zi = _mm256_setzero_si256();
+    const __m256i zi = _mm256_setzero_si256();
     const __m256 zf = _mm256_setzero_ps();
     for (int64_t g = r0; g < r1; g += kRows) {
       const int nr = int(std::min<int64_t>(kRows, r1 - g));
@@ -226,19 +241,8 @@ struct Avx2Decode {
           prefetch_next_group(rows[0], rb, off, sizeof(BlockQ4_K));
           alignas(64) Packed sc[8];
           q4_K_scales(rows, off, sc);
-          for (int gq = 0; gq < 4; ++gq)
-            for (int h = 0; h < 2; ++h) {
-              __m256i v[8], w[8];
-              Avx2Loaders::v_q4_K(rows, off, gq, h, v);
-              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(v[k], m4);
-              const Packed& a = sc[2 * gq];
-              avx2_block<P, NT>(w, _mm256_load_ps(a.s0 + 8 * h), _mm256_load_ps(a.s1 + 8 * h), zi, zi,
-                                xb + (j + 2 * gq) * NT, f, h);
-              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);
-              const Packed& b = sc[2 * gq + 1];
-              avx2_block<P, NT>(w, _mm256_load_ps(b.s0 + 8 * h), _mm256_load_ps(b.s1 + 8 * h), zi, zi,
-                                xb + (j + 2 * gq + 1) * NT, f, h);
-            }
+          avx2_q4_K<P, NT>(sc, [&](int g, int h, __m256i v[8]) { Avx2Loaders::v_q4_K(rows, off, g, h, v); },
+                           xb + j * NT, f);
         }
       }
       for (int t = 0; t < NT; ++t) {
@@ -257,7 +261,7 @@ struct Avx2TileDecode {
   static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
     using L = Avx2TileLoaders;
     const int64_t N = W.rows, nb = W.cols / 32;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), zi = _mm256_setzero_si256();
+    const __m256i zi = _mm256_setzero_si256();
     const __m256 zf = _mm256_setzero_ps();
     for (int64_t g = r0; g < r1; g += kRows) {
       const uint8_t* t = W.row(g);
@@ -282,19 +286,7 @@ struct Avx2TileDecode {
           prefetch_tiles_ahead(t, kQ4_K);
           alignas(64) Packed sc[8];
           q4_K_tile_scales(t, sc);
-          for (int gq = 0; gq < 4; ++gq)
-            for (int h = 0; h < 2; ++h) {
-              __m256i v[8], w[8];
-              L::v_q4_K(t, gq, h, v);
-              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(v[k], m4);
-              const Packed& a = sc[2 * gq];
-              avx2_block<P, NT>(w, _mm256_load_ps(a.s0 + 8 * h), _mm256_load_ps(a.s1 + 8 * h), zi, zi,
-                                xb + (j + 2 * gq) * NT, f, h);
-              for (int k = 0; k < 8; ++k) w[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m4);
-              const Packed& b = sc[2 * gq + 1];
-              avx2_block<P, NT>(w, _mm256_load_ps(b.s0 + 8 * h), _mm256_load_ps(b.s1 + 8 * h), zi, zi,
-                                xb + (j + 2 * gq + 1) * NT, f, h);
-            }
+          avx2_q4_K<P, NT>(sc, [&](int g, int h, __m256i v[8]) { L::v_q4_K(t, g, h, v); }, xb + j * NT, f);
         }
       } else {  // Q6_K
         for (int64_t j = 0; j < nb; j += 8) {
