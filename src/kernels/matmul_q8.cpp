@@ -259,11 +259,7 @@ struct Avx2Quants : Avx2Loaders {
 
 // ---- packers, AVX-512: 16 rows at a time, the same bytes ----
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
-#pragma GCC diagnostic ignored "-Wuninitialized"
+MIXTRAL_Q8_BEGIN_AVX512
 
 inline void store_rows16(Packed* out, int k, __m512i v) { _mm512_store_si512(&out->q[k][0][0], v); }
 
@@ -359,8 +355,7 @@ struct Avx512Quants : Avx512Loaders {
   }
 };
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MIXTRAL_Q8_END
 // ================================ micro-kernels =================================================
 // Kernel<NT>: for the nb packed blocks and NT tokens: acc[t][16] (in memory) continues the
 // contract's chain with blocks b0 .. b0+nb. xb: the group's first token's XBlock of block b0;
@@ -371,11 +366,7 @@ using MicroKernel = void (*)(const Packed* pw, int64_t nb, const XBlock* xb, int
 
 // ---- AVX-512 VNNI: one zmm = 16 rows ----
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
-#pragma GCC diagnostic ignored "-Wuninitialized"
+MIXTRAL_Q8_BEGIN_AVX512_VNNI
 template <class P, int NT>
 struct Vnni512 {
   static void run(const Packed* pw, int64_t nb, const XBlock* xb, int64_t xs, float* acc) {
@@ -399,8 +390,7 @@ struct Vnni512 {
   }
 };
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MIXTRAL_Q8_END
 
 // ---- AVX2: two ymm (rows 0-7, 8-15) ----
 

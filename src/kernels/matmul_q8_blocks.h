@@ -18,6 +18,19 @@
 #include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
 
+// The int8 files' AVX-512 regions: everything between MIXTRAL_Q8_BEGIN_AVX512 (or _VNNI) and
+// MIXTRAL_Q8_END is compiled for that ISA, with GCC 12.2's false "maybe uninitialized"
+// warnings on register arrays off (PR 105593).
+#define MIXTRAL_Q8_BEGIN_(isa)                                                          \
+  _Pragma("GCC push_options") _Pragma(isa) _Pragma("GCC diagnostic push")               \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")                      \
+          _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define MIXTRAL_Q8_BEGIN_AVX512 \
+  MIXTRAL_Q8_BEGIN_("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma\")")
+#define MIXTRAL_Q8_BEGIN_AVX512_VNNI \
+  MIXTRAL_Q8_BEGIN_("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma\")")
+#define MIXTRAL_Q8_END _Pragma("GCC diagnostic pop") _Pragma("GCC pop_options")
+
 namespace mixtral::q8 {
 
 constexpr int kRows = 16;                // rows per group (the lanes of one accumulator)
@@ -259,11 +272,7 @@ struct Avx2TileLoaders {
 
 // ---- loaders, AVX-512: 16 rows at a time, the same bytes ----
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c,fma")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
-#pragma GCC diagnostic ignored "-Wuninitialized"
+MIXTRAL_Q8_BEGIN_AVX512
 
 inline __m512i load_2x256(const uint8_t* lo, const uint8_t* hi) {
   return _mm512_inserti64x4(_mm512_zextsi256_si512(load256(lo)), load256(hi), 1);
@@ -406,8 +415,7 @@ struct Avx512TileLoaders {
   }
 };
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MIXTRAL_Q8_END
 
 // ================================ decode: shared =================================================
 
@@ -458,11 +466,7 @@ struct Q6_KPolicy {
 
 // ---- AVX-512 VNNI: one zmm = 16 rows ----
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
-#pragma GCC diagnostic ignored "-Wuninitialized"
+MIXTRAL_Q8_BEGIN_AVX512_VNNI
 
 // One 32-column block of the contract for NT tokens, 16 rows in lanes: w as Packed::q holds it,
 // s0 = the rows' dw (dx not yet applied), s1 = Q4_K's -(dmin * m), i0 / i1 = Q6_K's half
@@ -489,8 +493,7 @@ inline void vnni_block(const __m512i w[8], __m512 s0, __m512 s1, __m512i i0, __m
   }
 }
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MIXTRAL_Q8_END
 
 // ---- AVX2: two ymm (rows 0-7, 8-15) ----
 

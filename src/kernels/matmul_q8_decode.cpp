@@ -42,11 +42,7 @@ namespace {
 
 // ---- AVX-512 VNNI: one zmm = 16 rows ----
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,f16c,fma")
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12.2 false positives (PR 105593)
-#pragma GCC diagnostic ignored "-Wuninitialized"
+MIXTRAL_Q8_BEGIN_AVX512_VNNI
 
 // One Q4_K super-block (8 blocks of 32 columns) for NT tokens, 16 rows in lanes, from rows or
 // tiles alike: r = the rows' first 16 bytes as Avx512Loaders::rows16x16 gives them, load(g, v) =
@@ -181,8 +177,7 @@ struct Vnni512TileDecode {
   }
 };
 
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
+MIXTRAL_Q8_END
 
 // ---- AVX2: two ymm (rows 0-7, 8-15) ----
 
