@@ -51,16 +51,14 @@ LoadOptions in_memory(bool tiles) {
   LoadOptions o;
   o.no_mmap = true;
   o.tiles = tiles;
-  o.cache.tiles = tiles;  // (off by default: tiling competes with the reads; tested here)
   return o;
 }
 
 LoadOptions offloaded(bool tiles) {
   LoadOptions o;
   o.memory_budget = uint64_t(1) << 30;  // ample: the slot count is capped below
-  o.cache.n_slots = 3;                  // fewer than a layer's experts: experts are read (and tiled) again and again
-  o.tiles = tiles;
-  o.cache.tiles = tiles;  // (off by default: tiling competes with the reads; tested here)
+  o.cache.n_slots = 3;                  // fewer than a layer's experts: experts are read again and again
+  o.tiles = tiles;  // the resident weights
   return o;
 }
 
@@ -86,7 +84,7 @@ void expect_tiles_change_nothing(bool int8) {
     expect_same_bits(run(*tiled), want, "in memory, tiled");
     const auto cache = Model::load(path, offloaded(true));
     ASSERT_TRUE(cache->tiled());
-    expect_same_bits(run(*cache), want, "experts offloaded, tiled");
+    expect_same_bits(run(*cache), want, "experts offloaded, resident weights tiled");
   }
   set_int8_activations(int8_was);
 }
@@ -124,30 +122,22 @@ TEST(TiledModel, EverythingButTheEmbeddingIsTiled) {
   EXPECT_EQ(f32->weights().layers[0].experts[0].w1.layout, Layout::Rows);
 }
 
-TEST(TiledModel, OffloadedExpertsAreTiledInTheirSlots) {
+// Offloaded: the resident weights are tiled, the experts in their slots stay in file order.
+TEST(TiledModel, OffloadedResidentWeightsTiledSlotsInFileOrder) {
   const std::string path = fixture("gguf/tiny-q8_0.gguf");
   REQUIRE_PATH(path);
   for (bool tiles : {true, false}) {
     const auto m = Model::load(path, offloaded(tiles));
     ExpertCache& cache = *m->expert_cache();
+    EXPECT_EQ(m->tiled(), tiles);
     EXPECT_EQ(m->weights().token_embd.layout, Layout::Rows);
     EXPECT_EQ(m->weights().layers[0].wq.layout, tiles ? Layout::Tiles16 : Layout::Rows);  // resident copies
     std::vector<int32_t> e = {5};
     cache.demand(1, e);
     const ExpertWeights& X = cache.acquire(1, 5);
-    for (const Matrix* w : {&X.w1, &X.w3, &X.w2}) EXPECT_EQ(w->layout, tiles ? Layout::Tiles16 : Layout::Rows);
+    for (const Matrix* w : {&X.w1, &X.w3, &X.w2}) EXPECT_EQ(w->layout, Layout::Rows);
     cache.release(1, 5);
   }
-  // By default only the resident weights are tiled; the slots keep file order.
-  LoadOptions o = offloaded(true);
-  o.cache.tiles = false;
-  const auto m = Model::load(path, o);
-  EXPECT_EQ(m->weights().layers[0].wq.layout, Layout::Tiles16);
-  std::vector<int32_t> e = {2};
-  m->expert_cache()->demand(0, e);
-  const ExpertWeights& X = m->expert_cache()->acquire(0, 2);
-  EXPECT_EQ(X.w1.layout, Layout::Rows);
-  m->expert_cache()->release(0, 2);
 }
 
 // A GGUF without output.weight: the LM head is the embedding, which stays in Rows layout.

@@ -7,7 +7,6 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "kernels/weight_tiles.h"
 
 namespace mixtral {
 
@@ -293,9 +292,7 @@ void ExpertCache::read_expert(int64_t entry, Slot& slot) {
   for (size_t p = 0; p < 3; ++p) {
     const auto& part = loc.parts[p];
     *views[p] = part.shape;
-    const uint8_t* data = files_[size_t(part.file)]->read(part.offset, part.shape.bytes(), dst);
-    views[p]->data = data;
-    if (options_.tiles) to_tiles(*views[p], dst + (data - dst));  // (false, unchanged, without tiles)
+    views[p]->data = files_[size_t(part.file)]->read(part.offset, part.shape.bytes(), dst);
     dst += region_bytes(part.shape);
   }
 }

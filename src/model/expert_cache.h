@@ -15,8 +15,7 @@
 // Which slot is reused is the policy's call: LRU, or LFU-decay (a use count that decays by half
 // every `half_life` tokens, ties broken by recency), which keeps the experts a model prefers
 // under skewed load. Every decision depends on the sequence of calls only, and loading never
-// changes a weight value (with `tiles` it reorders an expert's bytes into tiles, which the
-// kernels read to the same bits), so results are bitwise the same as with every expert resident.
+// changes a weight value, so results are bitwise the same as with every expert resident.
 #pragma once
 #include <array>
 #include <condition_variable>
@@ -59,12 +58,6 @@ struct ExpertCacheOptions {
   PrefetchMode prefetch = PrefetchMode::Router;
   double half_life = 16;  // LFU: tokens for a use count to decay by half
   int io_threads = 2;
-  // Tile each expert's matrices in its slot after reading them (kernels/weight_tiles.h; the
-  // views then have layout Tiles16 where the dtype has tiles). Off by default, and Model::load
-  // leaves it as given: on the full-depth Q4_0 model at a 20 GiB budget, tiling in the I/O
-  // threads took the I/O stall of 16 tokens from 4.0-4.4 to 7.6-7.8 s and decode from 2.02-2.07
-  // to 1.41-1.44 tok/s; a token misses ~12 experts, and their decode is bound by the disk.
-  bool tiles = false;
 };
 
 struct ExpertCacheStats {

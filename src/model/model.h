@@ -23,9 +23,9 @@ struct LoadOptions {
   std::optional<int64_t> experts_per_token;  // overrides the config's top-k
   bool prefetch = false;                     // read every page once after mapping (--preload)
   bool no_mmap = false;                      // read the files into memory instead of mapping them
-  // Weights in writable memory (no_mmap, the resident copies of offloading; expert slots only
-  // with cache.tiles, off by default) are tiled in place (kernels/weight_tiles.h: Q8_0/Q4_0/Q4_K/Q6_K in the order the int8 kernels
-  // read them; the same values) — all but the embedding, which is read a row at a time, and the
+  // Weights in writable memory (no_mmap, and the resident copies of offloading; not the expert
+  // slots) are tiled in place (kernels/weight_tiles.h: Q8_0/Q4_0/Q4_K/Q6_K in the order the int8
+  // kernels read them; the same values) — all but the embedding, which is read a row at a time, and the
   // LM head when it is the embedding. Mapped files are never tiled (read-only pages). Off
   // (--no-tiles): weights stay in file order, for A/B comparisons and for exporting.
   bool tiles = true;
@@ -69,8 +69,7 @@ class Model {
   // Bytes of weights held in memory (all of them, or all but the experts when offloaded).
   size_t resident_weight_bytes() const;
   // Whether weight matrices are held as tiles (LoadOptions::tiles took effect: a model with
-  // tileable dtypes in writable memory), and the seconds loading spent tiling them (the resident
-  // ones; the expert cache tiles each expert as it reads it).
+  // tileable dtypes in writable memory), and the seconds loading spent tiling them.
   bool tiled() const { return tiled_; }
   double tile_seconds() const { return tile_seconds_; }
 
