@@ -2,7 +2,7 @@
 // so any bytes do):
 //   - to_tiles then copy_row / row_in_rows_layout gives back every row byte for byte, for full
 //     groups, tail rows (rows % 16) and matrices with no full group; tails stay in place
-//   - what to_tiles refuses (dtypes without tiles, a second tiling) and check_slice's rule
+//   - what to_tiles refuses (dtypes without tiles, a second tiling) and Matrix::slice_rows' rule
 //   - the format itself, independently of the untiler: every byte of a block tile where the
 //     header's formulas put it (Q8_0, Q4_0, Q4_K), and for Q6_K the 6-bit values decoded from
 //     lo/hi as the header states give ref::dequantize_row's values
@@ -114,17 +114,27 @@ TEST(WeightTiles, ToTilesRefuses) {
   EXPECT_THROW(to_tiles(m, other.data()), Error);  // the writable bytes must be the matrix's
 }
 
-TEST(WeightTiles, CheckSliceKeepsGroupsWhole) {
+// Matrix::slice_rows keeps tile groups whole, and a tiled slice reads back its own rows.
+TEST(WeightTiles, SliceRowsKeepsGroupsWhole) {
   std::vector<uint8_t> bytes;
   Matrix m = random_matrix(DType::Q4_0, 40, 1, bytes, 6);  // groups 0-15, 16-31; tail 32-39
-  for (auto [first, n] : {std::pair<int64_t, int64_t>{3, 5}, {0, 40}, {39, 1}}) EXPECT_NO_THROW(check_slice(m, first, n));
-  EXPECT_THROW(check_slice(m, 30, 11), Error);  // past the end, either layout
-  EXPECT_THROW(check_slice(m, -1, 2), Error);
+  const std::vector<uint8_t> rows = bytes;
+  for (auto [first, n] : {std::pair<int64_t, int64_t>{3, 5}, {0, 40}, {39, 1}}) EXPECT_NO_THROW(m.slice_rows(first, n));
+  EXPECT_THROW(m.slice_rows(30, 11), Error);  // past the end, either layout
+  EXPECT_THROW(m.slice_rows(-1, 2), Error);
   ASSERT_TRUE(to_tiles(m, bytes.data()));
-  for (auto [first, n] : {std::pair<int64_t, int64_t>{0, 16}, {16, 16}, {0, 32}, {0, 40}, {16, 24}, {32, 8}, {16, 0}})
-    EXPECT_NO_THROW(check_slice(m, first, n)) << first << " + " << n;
+  const size_t rb = m.row_bytes();
+  std::vector<uint8_t> row(rb);
+  for (auto [first, n] : {std::pair<int64_t, int64_t>{0, 16}, {16, 16}, {0, 32}, {0, 40}, {16, 24}, {32, 8}, {16, 0}}) {
+    const Matrix s = m.slice_rows(first, n);
+    EXPECT_EQ(s.layout, Layout::Tiles16);
+    for (int64_t r = 0; r < n; ++r) {
+      copy_row(s, r, row.data());
+      ASSERT_EQ(std::memcmp(row.data(), rows.data() + size_t(first + r) * rb, rb), 0) << first << " + " << n << " row " << r;
+    }
+  }
   for (auto [first, n] : {std::pair<int64_t, int64_t>{8, 16}, {0, 8}, {16, 8}, {0, 24}, {33, 7}, {39, 1}, {30, 11}})
-    EXPECT_THROW(check_slice(m, first, n), Error) << first << " + " << n;
+    EXPECT_THROW(m.slice_rows(first, n), Error) << first << " + " << n;
 }
 
 // Tiles one 16-row group of random bytes; `rows` the original rows, `tile` the tiled bytes.

@@ -16,6 +16,7 @@ namespace mixtral {
 // (kernels/weight_tiles.h), in the same bytes the group takes as rows; the rows after the last
 // full group (rows % 16) stay as rows, so row(r) is still right for them.
 enum class Layout : uint8_t { Rows, Tiles16 };
+constexpr int64_t kTileRows = 16;  // rows per group of Tiles16
 
 struct Matrix {
   DType dtype = DType::F32;
@@ -30,9 +31,10 @@ struct Matrix {
   // Row r's bytes in Rows layout; for Tiles16 the start of r's group of 16 (r a multiple of 16)
   // or a trailing row.
   const uint8_t* row(int64_t r) const { return data + size_t(r) * row_bytes(); }
-  // Rows [first, first + n) as a matrix of their own (no copy). Tiles16: first must be a multiple
-  // of 16 and n too, unless the slice runs to the last row (weight_tiles.h checks users' slices).
-  Matrix slice_rows(int64_t first, int64_t n) const { return {dtype, n, cols, row(first), layout}; }
+  // Rows [first, first + n) as a matrix of their own (no copy). Throws Error when they are not
+  // rows of this matrix, or (Tiles16) split a group of 16 (n not a multiple of 16 is fine when
+  // the slice runs to the last row).
+  Matrix slice_rows(int64_t first, int64_t n) const;
 };
 
 // A tensor as a checkpoint file stores it: shape outermost first (PyTorch order; GGUF's ne is

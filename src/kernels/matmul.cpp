@@ -52,7 +52,7 @@ namespace {
 
 using namespace kernel_util;  // kLanes, reduce16, Scratch, prefetch
 
-// Rows per tile: kTileRows (16, weight_tiles.h); threads get multiples of this many rows, so a
+// Rows per tile: kTileRows (16, core/tensor.h); threads get multiples of this many rows, so a
 // tile of a Tiles16 matrix is one of its groups.
 // Columns per chunk: multiples of 256 (Q4_K/Q6_K blocks) and 16. For a few tokens a tile is
 // used once, and a short chunk keeps it in L1; many tokens reuse it, and longer runs pay off.

@@ -42,7 +42,7 @@ namespace {
 using namespace kernel_util;  // kLanes, reduce16, Scratch, prefetch_l1
 
 constexpr int64_t kStep = 32;        // columns per dot-product step (16 lanes × 2)
-constexpr int64_t kTileRows = 16;    // rows per tile; threads get multiples of this many rows
+// Rows per tile: kTileRows (16, core/tensor.h); threads get multiples of this many rows.
 constexpr int64_t kChunk = 1024;     // columns per chunk: 16 rows × 2 KB of weights
 // Each row's weights are prefetched this many bytes ahead while a kernel reads them: a tile
 // reads each row in 2 KB bursts, which the hardware prefetchers follow too late. (1 KB measured

@@ -168,12 +168,4 @@ const uint8_t* row_in_rows_layout(const Matrix& m, int64_t r, uint8_t* buf) {
   return buf;
 }
 
-void check_slice(const Matrix& m, int64_t first, int64_t n) {
-  if (first < 0 || n < 0 || first + n > m.rows)
-    fail("slice_rows", "rows [" + std::to_string(first) + ", " + std::to_string(first + n) + ") of " +
-                           std::to_string(m.rows));
-  if (m.layout == Layout::Tiles16 && (first % kR != 0 || (n % kR != 0 && first + n != m.rows)))
-    fail("slice_rows", "a tiled matrix splits only at groups of 16 rows");
-}
-
 }  // namespace mixtral

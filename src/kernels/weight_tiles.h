@@ -37,8 +37,6 @@
 
 namespace mixtral {
 
-constexpr int64_t kTileRows = 16;
-
 // Whether t has a tile layout.
 bool tileable(DType t);
 
@@ -53,9 +51,6 @@ void copy_row(const Matrix& m, int64_t r, uint8_t* out);
 // by copy_row.
 const uint8_t* row_in_rows_layout(const Matrix& m, int64_t r, uint8_t* buf);
 
-// Throws Error unless rows [first, first + n) of m can be a Matrix of their own (Tiles16 needs
-// whole groups, or the slice to end at m's last row).
-void check_slice(const Matrix& m, int64_t first, int64_t n);
 
 namespace tiles {
 // Bytes of one block's body (above) and offsets in it; every size here is the format's.
