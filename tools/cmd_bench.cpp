@@ -119,11 +119,18 @@ struct Result {
   std::vector<double> ts;  // tokens/s of each repetition
   std::optional<ExpertCacheStats> cache;  // offloaded experts: over all repetitions of the test
   // Decode with --measure-limits: the read bandwidth probed right before and right after each
-  // repetition (the higher of the two), and that repetition's weight GB/s as a share of it.
-  std::vector<double> rep_read_gbs, rep_share;
-  double median_share() const {
-    if (rep_share.empty()) return 0;
-    std::vector<double> v = rep_share;
+  // repetition (the higher of the two).
+  std::vector<double> rep_read_gbs = {};
+  // Each repetition's weight GB/s (bytes_per_token × tokens/s) as a share of its probe, and the
+  // median of those.
+  std::vector<double> shares(double bytes_per_token) const {
+    std::vector<double> v;
+    for (size_t i = 0; i < rep_read_gbs.size(); ++i) v.push_back(ts[i] * bytes_per_token / 1e9 / rep_read_gbs[i]);
+    return v;
+  }
+  double median_share(double bytes_per_token) const {
+    std::vector<double> v = shares(bytes_per_token);
+    if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
     return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
   }
@@ -217,11 +224,7 @@ int run_bench(const BenchFlags& f) {
         const auto t0 = Clock::now();
         for (int64_t i = 1; i <= n; ++i) s.eval({tokens[size_t(i)]});
         r.ts.push_back(double(n) / seconds_since(t0));
-        if (rep_probes) {
-          const double ceiling = std::max(probe_before, probe());
-          r.rep_read_gbs.push_back(ceiling);
-          r.rep_share.push_back(r.ts.back() * bpt / 1e9 / ceiling);
-        }
+        if (rep_probes) r.rep_read_gbs.push_back(std::max(probe_before, probe()));
       }
       if (cache) r.cache = cache->stats();
       results.push_back(r);
@@ -238,10 +241,10 @@ int run_bench(const BenchFlags& f) {
                           {"n_gen", r.n_gen}, {"avg_ts", r.mean()}, {"stddev_ts", r.stddev()}, {"samples_ts", r.ts},
                           {"mmap", !f.model.no_mmap}, {"tiles", model->tiled()}, {"peak_rss_gib", rss}};
       if (r.n_gen) j["weight_gbs"] = r.mean() * bpt / 1e9;
-      if (!r.rep_share.empty()) {
+      if (!r.rep_read_gbs.empty()) {
         j["rep_read_bandwidth_gbs"] = r.rep_read_gbs;
-        j["rep_bandwidth_share"] = r.rep_share;
-        j["bandwidth_share"] = r.median_share();
+        j["rep_bandwidth_share"] = r.shares(bpt);
+        j["bandwidth_share"] = r.median_share(bpt);
       }
       if (r.n_prompt) j["gflops"] = r.mean() * fpt / 1e9;
       if (read_gbs > 0) {
@@ -287,9 +290,9 @@ int run_bench(const BenchFlags& f) {
   std::printf("\n| test | threads | tokens/s | rate |\n|---|---|---|---|\n");
   for (const auto& r : results) {
     char rate[128];
-    if (r.n_gen && !r.rep_share.empty())
+    if (r.n_gen && !r.rep_read_gbs.empty())
       std::snprintf(rate, sizeof rate, "%.1f GB/s weights, %.0f %% of the bandwidth around each run", r.mean() * bpt / 1e9,
-                    100 * r.median_share());
+                    100 * r.median_share(bpt));
     else if (r.n_gen) std::snprintf(rate, sizeof rate, "%.1f GB/s weights", r.mean() * bpt / 1e9);
     else std::snprintf(rate, sizeof rate, "%.1f GFLOP/s", r.mean() * fpt / 1e9);
     std::printf("| %s | %d | %.2f ± %.2f | %s |\n", r.test.c_str(), r.threads, r.mean(), r.stddev(), rate);

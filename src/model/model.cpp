@@ -9,7 +9,6 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <thread>
 
 #include "core/direct_file.h"
 #include "core/error.h"
@@ -280,10 +279,11 @@ void Model::offload_experts(const std::vector<const MappedFile*>& files, uint64_
 void Model::tile(const std::vector<std::pair<Matrix*, uint8_t*>>& jobs) {
   if (jobs.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
-  std::atomic<size_t> next{0};
+  std::atomic<size_t> next{0};  // matrices differ in size: each thread takes the next one
   std::exception_ptr error;
   std::mutex error_mu;
-  auto work = [&] {
+  ThreadPool pool(int(std::min<size_t>(size_t(ThreadPool::default_threads()), jobs.size())));
+  pool.run([&](int, int) {
     for (size_t i; (i = next.fetch_add(1)) < jobs.size();) {
       try {
         to_tiles(*jobs[i].first, jobs[i].second);
@@ -292,12 +292,7 @@ void Model::tile(const std::vector<std::pair<Matrix*, uint8_t*>>& jobs) {
         if (!error) error = std::current_exception();
       }
     }
-  };
-  std::vector<std::thread> threads;
-  const size_t n = std::min<size_t>(size_t(ThreadPool::default_threads()), jobs.size());
-  for (size_t t = 1; t < n; ++t) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
+  });
   if (error) std::rethrow_exception(error);
   tiled_ = true;
   tile_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
