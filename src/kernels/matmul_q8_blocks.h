@@ -214,12 +214,12 @@ struct Avx2Loaders {
 
 using namespace tiles;  // the format's sizes and offsets (kQ8_0, q4_K_qs, ...) and place()
 
-// A thread reads its rows' tiles as one run, in order. The hardware prefetchers alone streamed
-// them at 24-34 GB/s here (bench_matmul, 1 token, Q4_K / Q6_K / Q8_0 tiles); prefetching each
-// block kTilePrefetch bytes ahead into L1 as it is read gave 47-77 GB/s in the same runs (4 and
-// 8 KB ahead, into L1 or L2, measured alike), and the packed path at 16 tokens went from 620-680
-// to 750-800 GFLOP/s (Q8_0) against prefetching a chunk at a time as for rows. t: the block's
-// body; bytes: its body and d's (a pair's prefetches then cover the pair).
+// A thread reads its rows' tiles as one run, in order, and prefetches each block kTilePrefetch
+// bytes ahead into L1 as it reads it: the hardware prefetchers alone fell well short of the
+// memory's speed (an uncommitted variant; 4 and 8 KB ahead, into L1 or L2, measured alike). At
+// commit 3cbe27b the packed path prefetched tiles a chunk at a time, as it does rows, and trailed
+// rows by ~15 % at 16 tokens (bench_matmul --types q8_0 --tokens 16 --layouts rows,tiles).
+// t: the block's body; bytes: its body and d's (a pair's prefetches then cover the pair).
 constexpr size_t kTilePrefetch = 4096;
 inline void prefetch_tiles_ahead(const uint8_t* t, size_t bytes) {
   const uint8_t* p = reinterpret_cast<const uint8_t*>(uintptr_t(t + kTilePrefetch) & ~uintptr_t(63));

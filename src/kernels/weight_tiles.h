@@ -11,9 +11,9 @@
 // last block: [d's | body]; tiles::place), so the group is one run read in order and every
 // 64-byte register starts at a multiple of 64 bytes from the group (aligned loads when the
 // matrix is; all d's of a group in one section after the bodies, a second stream, decoded Q4_0
-// and Q8_0 ~5 % slower than rows). Below, X[k][r] is the dword (4 bytes) k of row r of the
-// block's field X, and "q[k][16][4]" is the 64 bytes q[k][0] .. q[k][15] (one zmm: lane r = row
-// r):
+// and Q8_0 ~5 % slower than rows: bench_matmul --layouts rows,tiles at commit e5c8c9c).
+// Below, X[k][r] is the dword (4 bytes) k of row r of the block's field X, and "q[k][16][4]" is
+// the 64 bytes q[k][0] .. q[k][15] (one zmm: lane r = row r):
 //   Q8_0  body 512 B   q[8][16][4]      q[k][r] = qs dword k, each byte + 128 (mod 256: the
 //                                       unsigned operand)
 //   Q4_0  body 256 B   n[4][16][4]      n[k][r] = qs dword k (nibbles as stored)
