@@ -66,7 +66,6 @@ void expect_clean_error(const Result& r, const std::vector<std::string>& needles
   for (const auto& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "missing '" << n << "' in: " << r.err;
 }
 
-std::string fixture(const std::string& rel) { return fixtures_dir() + "/" + rel; }
 
 std::string copy_dir(const std::string& rel, const std::string& name) {
   const std::string dst = temp_path(name);

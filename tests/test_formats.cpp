@@ -27,7 +27,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string fixture(const std::string& rel) { return fixtures_dir() + "/" + rel; }
 std::string temp(const std::string& name) { return ::testing::TempDir() + "/mixtral-formats-" + name; }
 
 std::vector<float> all_logits(const Model& m, const std::vector<int32_t>& tokens) {

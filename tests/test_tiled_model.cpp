@@ -29,7 +29,6 @@ namespace {
 const char* kText = "Tiles move the bytes of sixteen rows so that the kernels read them in one pass; "
                     "the values, and so the logits, stay the same.";
 
-std::string fixture(const std::string& rel) { return fixtures_dir() + "/" + rel; }
 std::string temp(const std::string& name) { return ::testing::TempDir() + "/mixtral-tiles-" + name; }
 
 // The quantized models: llama.cpp's fixtures, and the k-quants converted once per test run.

@@ -13,6 +13,8 @@ namespace mixtral::testing {
 
 inline std::string shared_dir() { return MIXTRAL_SHARED_DIR; }
 inline std::string fixtures_dir() { return MIXTRAL_FIXTURES_DIR; }
+// A fixture model by its path under fixtures_dir(), e.g. "gguf/tiny-q8_0.gguf".
+inline std::string fixture(const std::string& rel) { return fixtures_dir() + "/" + rel; }
 inline std::string mixtral_bin() { return MIXTRAL_BIN; }
 inline bool in_ci() {
   const char* ci = std::getenv("CI");
