@@ -226,7 +226,8 @@ TEST(BadInput, MisShapedTensor) {
 }
 
 TEST(BadInput, UnsupportedTensorType) {
-  // A minimal GGUF v3: one KV, one 32x4 tensor of type 6 (Q5_0), which this engine does not run.
+  // A minimal GGUF v3: one KV, one 32x4 tensor of type 9 (Q8_1: ggml's activation type,
+  // never a weight type in GGUF files), which this engine does not run.
   std::string f = "GGUF";
   auto u32 = [&](uint32_t v) { f.append(reinterpret_cast<const char*>(&v), 4); };
   auto u64 = [&](uint64_t v) { f.append(reinterpret_cast<const char*>(&v), 8); };
@@ -241,11 +242,11 @@ TEST(BadInput, UnsupportedTensorType) {
   u32(2);
   u64(32);
   u64(4);
-  u32(6);
+  u32(9);
   u64(0);
   f.resize((f.size() + 31) / 32 * 32, '\0');
-  f.append(4 * 22, '\0');
-  const std::string p = write_bytes("q5.gguf", f);
+  f.append(4 * 36, '\0');
+  const std::string p = write_bytes("q8_1.gguf", f);
   expect_clean_error(run({"info", "-m", p}), {p, "token_embd.weight", "type"});
 }
 
@@ -442,7 +443,7 @@ TEST(BadInput, MakeModelArguments) {
     return run(a);
   };
   expect_clean_error(make({"--preset", "mixtral-9x9b", "--tokenizer", tok}), {"--preset", "mixtral-9x9b"});
-  expect_clean_error(make({"--preset", "tiny", "--type", "q3_k", "--tokenizer", tok}), {"--type", "q3_k"});
+  expect_clean_error(make({"--preset", "tiny", "--type", "q9_x", "--tokenizer", tok}), {"--type", "q9_x"});
   expect_clean_error(make({"--preset", "tiny", "--tokenizer", temp_path("no-such.model")}), {"no-such.model"});
   expect_clean_error(make({"--preset", "mistral-7b", "--experts", "4", "--tokenizer", tok}), {"--experts", "dense"});
   expect_clean_error(make({"--preset", "tiny", "--layers", "-1", "--tokenizer", tok}), {"--layers"});

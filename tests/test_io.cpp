@@ -526,10 +526,10 @@ TEST_F(GgufHostile, BadDimensions) {
 }
 
 TEST_F(GgufHostile, UnsupportedTensorType) {
-  poke<uint32_t>(b, tensor_info(b, "blk.0.attn_q.weight").type, 6);
+  poke<uint32_t>(b, tensor_info(b, "blk.0.attn_q.weight").type, 9);
   const std::string p = dir.file("bad.gguf");
   write_bytes(p, b);
-  expect_error([&] { GgufFile f(p); }, p, "tensor blk.0.attn_q.weight has unsupported type Q5_0 (ggml type 6)");
+  expect_error([&] { GgufFile f(p); }, p, "tensor blk.0.attn_q.weight has unsupported type Q8_1 (ggml type 9)");
   poke<uint32_t>(b, tensor_info(b, "blk.0.attn_q.weight").type, 1000);
   expect_gguf_error(b, dir, "unsupported type unknown (ggml type 1000)");
 }

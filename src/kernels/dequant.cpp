@@ -11,6 +11,7 @@
 #endif
 
 #include "kernels/dequant.h"
+#include "kernels/dequant_family.h"
 
 #include <immintrin.h>
 
@@ -118,8 +119,9 @@ DequantizeFn ref_fn(DType t) {
     case DType::Q4_0: return ref_q4_0;
     case DType::Q4_K: return ref_q4_K;
     case DType::Q6_K: return ref_q6_K;
+    default: break;
   }
-  return nullptr;
+  return ref::dequant_family(t);  // the rest of the llama.cpp family (dequant_family.h)
 }
 
 // ================================ AVX2 (8 lanes) ================================================
@@ -240,6 +242,7 @@ DequantizeFn avx2_fn(DType t) {
     case DType::Q4_0: return avx2_q4_0;
     case DType::Q4_K: return avx2_q4_K;
     case DType::Q6_K: return avx2_q6_K;
+    default: break;
   }
   return nullptr;
 }
@@ -356,6 +359,7 @@ DequantizeFn avx512_fn(DType t) {
     case DType::Q4_0: return avx512_q4_0;
     case DType::Q4_K: return avx512_q4_K;
     case DType::Q6_K: return avx512_q6_K;
+    default: break;
   }
   return nullptr;
 }
@@ -401,18 +405,25 @@ void set_simd_level(SimdLevel l) {
 }
 
 DequantizeFn dequantize_fn(DType t) {
-  return simd_level() >= SimdLevel::AVX512 ? avx512_fn(t) : avx2_fn(t);
+  const DequantizeFn f = simd_level() >= SimdLevel::AVX512 ? avx512_fn(t) : avx2_fn(t);
+  // The types without a SIMD dequantizer are read by the int8 kernels; the float path (and
+  // tests) dequantize them with the scalar reference.
+  return f ? f : ref_fn(t);
 }
 
 void dequantize_row(DType t, const uint8_t* src, float* dst, int64_t n) {
   check_n("dequantize_row", t, n);
-  dequantize_fn(t)(src, dst, n);
+  const DequantizeFn f = dequantize_fn(t);
+  if (!f) fail("dequantize_row", std::string("no dequantizer for ") + dtype_name(t));
+  f(src, dst, n);
 }
 
 namespace ref {
 void dequantize_row(DType t, const uint8_t* src, float* dst, int64_t n) {
   check_n("ref::dequantize_row", t, n);
-  ref_fn(t)(src, dst, n);
+  const DequantizeFn f = ref_fn(t);
+  if (!f) fail("ref::dequantize_row", std::string("no dequantizer for ") + dtype_name(t));
+  f(src, dst, n);
 }
 }  // namespace ref
 

@@ -78,6 +78,7 @@ inline int in_place_index(DType t) {
     case DType::F32:
     case DType::F16:
     case DType::BF16: break;
+    default: break;
   }
   return -1;
 }

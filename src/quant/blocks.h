@@ -69,4 +69,121 @@ inline void q4k_scale_min(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
   }
 }
 
+// ================================ the rest of the llama.cpp family ==============================
+// Layouts as ggml-common.h defines them (names follow ggml). The value formulas are in each
+// reference dequantizer (kernels/dequant_*.cpp), which the tests check bit for bit against
+// ggml's own dequantization (../shared/fixtures/blocks).
+
+struct BlockQ4_1 {  // x = d * q + m, q 4-bit (nibbles as Q4_0)
+  uint16_t d, m;
+  uint8_t qs[16];
+};
+static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block is 20 bytes");
+
+struct BlockQ5_0 {  // x = d * (q - 16), q = nibble | (bit j of qh) << 4
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block is 22 bytes");
+
+struct BlockQ5_1 {  // x = d * q + m
+  uint16_t d, m;
+  uint8_t qh[4];
+  uint8_t qs[16];
+};
+static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block is 24 bytes");
+
+struct BlockQ2_K {  // 16 sub-blocks of 16: x = d * (sc & 15) * q - dmin * (sc >> 4), q 2-bit
+  uint8_t scales[QK_K / 16];
+  uint8_t qs[QK_K / 4];
+  uint16_t d, dmin;
+};
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K block is 84 bytes");
+
+struct BlockQ3_K {  // 16 sub-blocks of 16: x = d * (sc - 32) * (q - 4 if the hmask bit is clear)
+  uint8_t hmask[QK_K / 8];
+  uint8_t qs[QK_K / 4];
+  uint8_t scales[12];  // 16 6-bit scales
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ3_K) == 110, "Q3_K block is 110 bytes");
+
+struct BlockQ5_K {  // as Q4_K with a fifth bit per value in qh
+  uint16_t d, dmin;
+  uint8_t scales[12];
+  uint8_t qh[QK_K / 8];
+  uint8_t qs[QK_K / 2];
+};
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block is 176 bytes");
+
+constexpr int QK4_NL = 32;
+struct BlockIQ4_NL {  // x = d * kvalues_iq4nl[nibble]
+  uint16_t d;
+  uint8_t qs[QK4_NL / 2];
+};
+static_assert(sizeof(BlockIQ4_NL) == 18, "IQ4_NL block is 18 bytes");
+
+struct BlockIQ4_XS {  // 8 sub-blocks of 32 with 6-bit scales (ls - 32)
+  uint16_t d;
+  uint16_t scales_h;
+  uint8_t scales_l[QK_K / 64];
+  uint8_t qs[QK_K / 2];
+};
+static_assert(sizeof(BlockIQ4_XS) == 136, "IQ4_XS block is 136 bytes");
+
+struct BlockIQ3_XXS {  // qs: 64 grid indices, then 8 u32 of 4x7 sign bits + a 4-bit scale
+  uint16_t d;
+  uint8_t qs[3 * QK_K / 8];
+};
+static_assert(sizeof(BlockIQ3_XXS) == 98, "IQ3_XXS block is 98 bytes");
+
+struct BlockIQ3_S {
+  uint16_t d;
+  uint8_t qs[QK_K / 4];
+  uint8_t qh[QK_K / 32];
+  uint8_t signs[QK_K / 8];
+  uint8_t scales[QK_K / 64];
+};
+static_assert(sizeof(BlockIQ3_S) == 110, "IQ3_S block is 110 bytes");
+
+struct BlockIQ2_XXS {
+  uint16_t d;
+  uint16_t qs[QK_K / 8];
+};
+static_assert(sizeof(BlockIQ2_XXS) == 66, "IQ2_XXS block is 66 bytes");
+
+struct BlockIQ2_XS {
+  uint16_t d;
+  uint16_t qs[QK_K / 8];
+  uint8_t scales[QK_K / 32];
+};
+static_assert(sizeof(BlockIQ2_XS) == 74, "IQ2_XS block is 74 bytes");
+
+struct BlockIQ2_S {
+  uint16_t d;
+  uint8_t qs[QK_K / 4];
+  uint8_t qh[QK_K / 32];
+  uint8_t scales[QK_K / 32];
+};
+static_assert(sizeof(BlockIQ2_S) == 82, "IQ2_S block is 82 bytes");
+
+struct BlockIQ1_S {
+  uint16_t d;
+  uint8_t qs[QK_K / 8];
+  uint16_t qh[QK_K / 32];
+};
+static_assert(sizeof(BlockIQ1_S) == 50, "IQ1_S block is 50 bytes");
+
+struct BlockIQ1_M {  // no d field: the fp16 scale is spread over the top nibbles of scales
+  uint8_t qs[QK_K / 8];
+  uint8_t qh[QK_K / 16];
+  uint8_t scales[QK_K / 32];
+};
+static_assert(sizeof(BlockIQ1_M) == 56, "IQ1_M block is 56 bytes");
+
+// The IQ2/IQ3 sign bytes: 7 stored sign bits, the 8th chosen so the number of minus signs is
+// even (ggml's ksigns_iq2xs[i] = i | parity(i) << 7).
+constexpr uint8_t iq_signs(int i) { return uint8_t(i | ((__builtin_popcount(unsigned(i)) & 1) << 7)); }
+
 }  // namespace mixtral

@@ -12,6 +12,7 @@
 #endif
 
 #include "quant/quantize.h"
+#include "quant/quantize_family.h"
 
 #include <algorithm>
 #include <cmath>
@@ -354,8 +355,30 @@ void quantize_row(DType t, const float* src, uint8_t* dst, int64_t n) {
     case DType::Q4_0: quantize_q4_0(src, reinterpret_cast<BlockQ4_0*>(dst), nb); return;
     case DType::Q4_K: quantize_q4_K(src, reinterpret_cast<BlockQ4_K*>(dst), nb); return;
     case DType::Q6_K: quantize_q6_K(src, reinterpret_cast<BlockQ6_K*>(dst), nb); return;
+    default: break;
   }
-  fail("quantize_row", "unsupported dtype");
+  quantize_rows(t, src, dst, 1, n, nullptr);
+}
+
+bool quantize_requires_imatrix(DType t) {
+  return t == DType::IQ2_XXS || t == DType::IQ2_XS || t == DType::IQ1_S;
+}
+
+void quantize_rows(DType t, const float* src, uint8_t* dst, int64_t nrows, int64_t n_per_row,
+                   const float* imatrix) {
+  const size_t rb = quantized_bytes(t, n_per_row);  // validates n_per_row
+  if (!imatrix && quantize_requires_imatrix(t))
+    fail("quantize", std::string(dtype_name(t)) + " needs an importance matrix (--imatrix)");
+  if (quant::quantize_legacy_k(t, src, dst, nrows, n_per_row, imatrix)) return;
+  if (quant::quantize_iq4_iq3(t, src, dst, nrows, n_per_row, imatrix)) return;
+  if (quant::quantize_iq2_iq1(t, src, dst, nrows, n_per_row, imatrix)) return;
+  const bool base = t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::Q8_0 ||
+                    t == DType::Q4_0 || t == DType::Q4_K || t == DType::Q6_K;
+  if (base && (!imatrix || t == DType::Q8_0 || !is_quantized(t))) {  // (ggml's Q8_0 ignores importance)
+    for (int64_t r = 0; r < nrows; ++r) quantize_row(t, src + r * n_per_row, dst + size_t(r) * rb, n_per_row);
+    return;
+  }
+  fail("quantize", std::string("no quantizer for ") + dtype_name(t));
 }
 
 }  // namespace mixtral

@@ -23,4 +23,15 @@ size_t quantized_bytes(DType t, int64_t n);
 // Throws Error unless n is a multiple of the block size.
 void quantize_row(DType t, const float* src, uint8_t* dst, int64_t n);
 
+// ggml_quantize_chunk: nrows rows of n_per_row values, with per-column importance weights
+// (imatrix: n_per_row floats, e.g. an imatrix entry) or without (null: the reference path, as
+// quantize_row). Every type of the llama.cpp family, byte for byte as ggml writes it. Throws
+// Error when n_per_row is not a multiple of the block size, or when imatrix is null for a type
+// that needs one (quantize_requires_imatrix).
+void quantize_rows(DType t, const float* src, uint8_t* dst, int64_t nrows, int64_t n_per_row,
+                   const float* imatrix);
+
+// The types ggml refuses to quantize without an importance matrix (IQ2_XXS, IQ2_XS, IQ1_S).
+bool quantize_requires_imatrix(DType t);
+
 }  // namespace mixtral
