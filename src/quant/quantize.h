@@ -14,13 +14,9 @@ size_t quantized_bytes(DType t, int64_t n);
 
 // Writes quantized_bytes(t, n) bytes to dst.
 //   F32: copy. F16, BF16: round to nearest even.
-//   Q8_0: d = amax / 127, q = roundf(x * (1/d)).
-//   Q4_0: m = the value of largest magnitude (first on ties), d = m / -8,
-//         q = min(15, (int8)(x * (1/d) + 8.5f)).
-//   Q4_K: ggml's quantize_row_q4_K_ref (make_qkx2_quants per 32, then 6-bit scales/mins).
-//   Q6_K: ggml's quantize_row_q6_K_ref (make_qx_quants per 16, then 8-bit scales).
+//   block types: ggml's reference path (quantize_row_*_ref), as quantize_rows without imatrix.
 // All float32 arithmetic without fused multiply-add, as ggml's reference code is built.
-// Throws Error unless n is a multiple of the block size.
+// Throws Error unless n is a multiple of the block size, or when t needs an importance matrix.
 void quantize_row(DType t, const float* src, uint8_t* dst, int64_t n);
 
 // ggml_quantize_chunk: nrows rows of n_per_row values, with per-column importance weights
@@ -31,7 +27,8 @@ void quantize_row(DType t, const float* src, uint8_t* dst, int64_t n);
 void quantize_rows(DType t, const float* src, uint8_t* dst, int64_t nrows, int64_t n_per_row,
                    const float* imatrix);
 
-// The types ggml refuses to quantize without an importance matrix (IQ2_XXS, IQ2_XS, IQ1_S).
+// The tensor types ggml refuses to quantize without an importance matrix (IQ2_XXS, IQ2_XS, IQ1_S;
+// llama-quantize's file-level rules add more, see model/quant_mix.h).
 bool quantize_requires_imatrix(DType t);
 
 }  // namespace mixtral
