@@ -1,0 +1,151 @@
+// IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S: the format tables, the reference dequantizers against ggml's
+// (../shared/fixtures/blocks, bit for bit), the quantizers against ggml's bytes, and round trips.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cstring>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "blocks_fixture.h"
+#include "core/dtype.h"
+#include "kernels/dequant.h"
+#include "quant/blocks.h"
+#include "quant/iq_grids_iq4_iq3.h"
+
+namespace mixtral {
+namespace {
+
+using testing::BlocksFixture;
+using testing::blocks_dir;
+using testing::load_blocks;
+
+struct Case {
+  const char* stem;
+  DType type;
+};
+constexpr Case kCases[] = {
+    {"iq4_nl", DType::IQ4_NL}, {"iq4_xs", DType::IQ4_XS}, {"iq3_xxs", DType::IQ3_XXS}, {"iq3_s", DType::IQ3_S}};
+
+std::vector<float> dequant_matrix(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols) {
+  std::vector<float> out(size_t(rows * cols));
+  const size_t rb = row_bytes(t, cols);
+  for (int64_t r = 0; r < rows; ++r) ref::dequantize_row(t, w.data() + r * rb, out.data() + r * cols, cols);
+  return out;
+}
+
+// FNV-1a over the little-endian bytes of a table.
+template <class T>
+uint64_t fnv1a(const T* v, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  const auto* p = reinterpret_cast<const uint8_t*>(v);
+  for (size_t i = 0; i < n * sizeof(T); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+// ---- tables ------------------------------------------------------------------------------------
+
+TEST(Iq4Iq3Tables, Kvalues) {
+  EXPECT_EQ(kvalues_iq4nl[0], -127);
+  EXPECT_EQ(kvalues_iq4nl[15], 113);
+  for (int i = 1; i < 16; ++i) EXPECT_LT(kvalues_iq4nl[i - 1], kvalues_iq4nl[i]) << i;
+  EXPECT_EQ(fnv1a(kvalues_iq4nl, 16), 0xe2d85aa4e6e5c6d7ull);
+}
+
+// Every byte of a grid point is one of the 8 levels of its format; points are distinct and
+// ascending (as ggml lists them), so each of the 256 / 512 indices names another point.
+void check_grid(const uint32_t* grid, int n, const std::set<int>& levels) {
+  for (int g = 0; g < n; ++g) {
+    for (int j = 0; j < 4; ++j) {
+      EXPECT_TRUE(levels.count(int(grid[g] >> 8 * j) & 0xFF)) << g << " " << j;
+    }
+    if (g > 0) {
+      EXPECT_LT(grid[g - 1], grid[g]) << g;
+    }
+  }
+}
+
+TEST(Iq4Iq3Tables, Iq3Grids) {
+  check_grid(iq3xxs_grid, 256, {4, 12, 20, 28, 36, 44, 52, 62});
+  check_grid(iq3s_grid, 512, {1, 3, 5, 7, 9, 11, 13, 15});
+  EXPECT_EQ(fnv1a(iq3xxs_grid, 256), 0x2748ed45beb63233ull);
+  EXPECT_EQ(fnv1a(iq3s_grid, 512), 0x5f1781aa06d14fbfull);
+}
+
+TEST(Iq4Iq3Tables, SignsHaveEvenParity) {
+  std::set<int> seen;
+  for (int i = 0; i < 128; ++i) {
+    const uint8_t s = iq_signs(i);
+    EXPECT_EQ(s & 127, i);
+    EXPECT_EQ(std::popcount(unsigned(s)) % 2, 0) << i;
+    seen.insert(s);
+  }
+  EXPECT_EQ(seen.size(), 128u);
+}
+
+// The quantizer's search tables: grid points as coordinates 2l + 1, every lattice point either on
+// the grid (map >= 0, and map inverts grid) or with a non-empty list of valid, nearest points.
+void check_search(int n) {
+  const Iq3Search& s = iq3_search(n);
+  ASSERT_EQ(s.grid.size(), size_t(n));
+  ASSERT_EQ(s.map.size(), 4096u);
+  int on_grid = 0;
+  for (int u = 0; u < 4096; ++u) {
+    auto coord = [](uint32_t p, int k) { return int(int8_t(p >> 8 * k)); };
+    if (s.map[u] >= 0) {
+      ++on_grid;
+      for (int k = 0; k < 4; ++k) EXPECT_EQ(coord(s.grid[s.map[u]], k), 2 * ((u >> 3 * k) & 7) + 1);
+      continue;
+    }
+    const size_t o = size_t(-s.map[u] - 1);
+    ASSERT_LT(o, s.neighbours.size());
+    const int count = s.neighbours[o];
+    ASSERT_GT(count, 0);
+    ASSERT_LE(o + count, s.neighbours.size() - 1);
+    int prev = -1;
+    for (int j = 1; j <= count; ++j) {
+      const int g = s.neighbours[o + j];
+      ASSERT_LT(g, n);
+      int d = 0;
+      for (int k = 0; k < 4; ++k) {
+        const int e = coord(s.grid[g], k) - (2 * ((u >> 3 * k) & 7) + 1);
+        d += e * e;
+      }
+      EXPECT_GE(d, prev);
+      prev = d;
+    }
+  }
+  EXPECT_EQ(on_grid, n);
+}
+
+TEST(Iq4Iq3Tables, Iq3SearchTables) {
+  check_search(256);
+  check_search(512);
+}
+
+// ---- dequantization: ggml's to_float, bit for bit ------------------------------------------------
+
+TEST(Iq4Iq3Dequant, MatchesGgmlBitForBit) {
+  REQUIRE_PATH(blocks_dir());
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.stem);
+    const BlocksFixture f = load_blocks(c.stem);
+    ASSERT_EQ(f.type, c.type);
+    ASSERT_EQ(f.w.size(), row_bytes(c.type, f.kCols) * f.kRows);
+    const std::vector<float> ours = dequant_matrix(c.type, f.w, f.kRows, f.kCols);
+    ASSERT_EQ(ours.size(), f.dequant.size());
+    int64_t bad = 0;
+    for (size_t i = 0; i < ours.size(); ++i)
+      if (std::bit_cast<uint32_t>(ours[i]) != std::bit_cast<uint32_t>(f.dequant[i]) && bad++ < 5)
+        ADD_FAILURE() << "value " << i << ": " << ours[i] << " vs ggml " << f.dequant[i];
+    EXPECT_EQ(bad, 0);
+    // The public (dispatching) dequantizer gives the same values.
+    std::vector<float> row(size_t(f.kCols));
+    dequantize_row(c.type, f.w.data(), row.data(), f.kCols);
+    EXPECT_EQ(std::memcmp(row.data(), f.dequant.data(), row.size() * 4), 0);
+  }
+}
+
+}  // namespace
+}  // namespace mixtral
