@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <cmath>
+#include <random>
 #include <cstring>
 #include <set>
 #include <string>
@@ -13,6 +15,7 @@
 #include "kernels/dequant.h"
 #include "quant/blocks.h"
 #include "quant/iq_grids_iq4_iq3.h"
+#include "quant/quantize.h"
 
 namespace mixtral {
 namespace {
@@ -144,6 +147,94 @@ TEST(Iq4Iq3Dequant, MatchesGgmlBitForBit) {
     std::vector<float> row(size_t(f.kCols));
     dequantize_row(c.type, f.w.data(), row.data(), f.kCols);
     EXPECT_EQ(std::memcmp(row.data(), f.dequant.data(), row.size() * 4), 0);
+  }
+}
+
+
+// ---- quantization: ggml_quantize_chunk's bytes -----------------------------------------------------
+
+// Σ_c QW[c] · (a − b)² over the matrix: the error the IQ quantizers minimise (up to their
+// per-value sigma terms).
+double weighted_sq_error(const std::vector<float>& a, const std::vector<float>& b, const std::vector<float>& qw,
+                         int64_t cols) {
+  double e = 0;
+  for (size_t i = 0; i < a.size(); ++i) e += qw[i % size_t(cols)] * (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+  return e;
+}
+
+TEST(Iq4Iq3Quantize, MatchesGgmlBytes) {
+  REQUIRE_PATH(blocks_dir());
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.stem);
+    const BlocksFixture f = load_blocks(c.stem);
+    std::vector<uint8_t> ours(f.w.size());
+    quantize_rows(c.type, f.W.data(), ours.data(), f.kRows, f.kCols, f.imatrix ? f.QW.data() : nullptr);
+    const size_t rb = row_bytes(c.type, f.kCols);
+    int bad_rows = 0;
+    for (int64_t r = 0; r < f.kRows; ++r) {
+      if (std::memcmp(ours.data() + r * rb, f.w.data() + r * rb, rb) == 0) continue;
+      if (bad_rows++ < 3) {
+        size_t k = 0;
+        while (ours[r * rb + k] == f.w[r * rb + k]) ++k;
+        ADD_FAILURE() << "row " << r << " differs first at byte " << k << " of " << rb;
+      }
+    }
+    EXPECT_EQ(bad_rows, 0);
+  }
+}
+
+// Without importance weights (ggml's own weighting: x² per value) the quantizer must still give
+// a good fit; the bytes there have no fixture, so compare its error with the imatrix result.
+TEST(Iq4Iq3Quantize, WithoutImportanceFitsAsWell) {
+  REQUIRE_PATH(blocks_dir());
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(c.stem);
+    const BlocksFixture f = load_blocks(c.stem);
+    std::vector<uint8_t> q(f.w.size());
+    quantize_rows(c.type, f.W.data(), q.data(), f.kRows, f.kCols, nullptr);
+    const std::vector<float> y = dequant_matrix(c.type, q, f.kRows, f.kCols);
+    const std::vector<float> ones(size_t(f.kCols), 1.0f);
+    const double plain = weighted_sq_error(y, f.W, ones, f.kCols);
+    const double ggml_imatrix = weighted_sq_error(f.dequant, f.W, ones, f.kCols);
+    EXPECT_LT(plain, 1.5 * ggml_imatrix);
+  }
+}
+
+// quantize_rows -> dequantize on random rows (normal values with a few outliers, one all-zero
+// block): relative L2 error within what each format's bits allow.
+TEST(Iq4Iq3Quantize, RoundTripBoundedError) {
+  struct Bound {
+    DType type;
+    double rel;
+  };
+  const Bound bounds[] = {{DType::IQ4_NL, 0.12}, {DType::IQ4_XS, 0.12}, {DType::IQ3_XXS, 0.25}, {DType::IQ3_S, 0.22}};
+  constexpr int64_t rows = 8, cols = 1024;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_real_distribution<float> ud(0.1f, 2.0f);
+  std::vector<float> x(static_cast<size_t>(rows * cols)), qw(static_cast<size_t>(cols));
+  for (float& v : x) v = nd(rng);
+  for (int64_t r = 0; r < rows; ++r) x[size_t(r * cols + (97 * r) % cols)] *= 8;
+  for (int64_t c = 0; c < 256; ++c) x[size_t(3 * cols + 512 + c)] = 0;  // a zero super-block
+  for (float& v : qw) v = ud(rng);
+  for (const Bound& b : bounds) {
+    for (const float* imatrix : {static_cast<const float*>(nullptr), static_cast<const float*>(qw.data())}) {
+      SCOPED_TRACE(std::string(dtype_name(b.type)) + (imatrix ? " imatrix" : " plain"));
+      std::vector<uint8_t> q(row_bytes(b.type, cols) * rows);
+      quantize_rows(b.type, x.data(), q.data(), rows, cols, imatrix);
+      const std::vector<float> y = dequant_matrix(b.type, q, rows, cols);
+      for (float v : y) ASSERT_TRUE(std::isfinite(v));
+      for (int64_t c = 0; c < 256; ++c) EXPECT_EQ(y[size_t(3 * cols + 512 + c)], 0.0f);
+      EXPECT_LT(testing::rel_l2(y.data(), x.data(), rows * cols), b.rel);
+      // Importance shifts error towards the unimportant columns: the weighted error with the
+      // imatrix must not exceed the one without it by much.
+    }
+    std::vector<uint8_t> q0(row_bytes(b.type, cols) * rows), q1(q0.size());
+    quantize_rows(b.type, x.data(), q0.data(), rows, cols, nullptr);
+    quantize_rows(b.type, x.data(), q1.data(), rows, cols, qw.data());
+    const double e0 = weighted_sq_error(dequant_matrix(b.type, q0, rows, cols), x, qw, cols);
+    const double e1 = weighted_sq_error(dequant_matrix(b.type, q1, rows, cols), x, qw, cols);
+    EXPECT_LT(e1, 1.02 * e0) << dtype_name(b.type);
   }
 }
 
