@@ -2,6 +2,7 @@
 // (../shared/fixtures/blocks, bit for bit), the quantizers against ggml's bytes, and round trips.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <random>
@@ -151,6 +152,8 @@ TEST(Iq4Iq3Dequant, MatchesGgmlBitForBit) {
 }
 
 
+bool is_iq3(DType t) { return t == DType::IQ3_XXS || t == DType::IQ3_S; }
+
 // ---- quantization: ggml_quantize_chunk's bytes -----------------------------------------------------
 
 // Σ_c QW[c] · (a − b)² over the matrix: the error the IQ quantizers minimise (up to their
@@ -183,8 +186,9 @@ TEST(Iq4Iq3Quantize, MatchesGgmlBytes) {
   }
 }
 
-// Without importance weights (ggml's own weighting: x² per value) the quantizer must still give
-// a good fit; the bytes there have no fixture, so compare its error with the imatrix result.
+// Without importance weights (ggml's own weighting: x² per value) there are no reference bytes;
+// the plain squared error must stay near that of ggml's imatrix result (measured: IQ4 1.01-1.02
+// times it, IQ3 1.29-1.32, as x² weighting favours the large values).
 TEST(Iq4Iq3Quantize, WithoutImportanceFitsAsWell) {
   REQUIRE_PATH(blocks_dir());
   for (const Case& c : kCases) {
@@ -196,8 +200,31 @@ TEST(Iq4Iq3Quantize, WithoutImportanceFitsAsWell) {
     const std::vector<float> ones(size_t(f.kCols), 1.0f);
     const double plain = weighted_sq_error(y, f.W, ones, f.kCols);
     const double ggml_imatrix = weighted_sq_error(f.dequant, f.W, ones, f.kCols);
-    EXPECT_LT(plain, 1.5 * ggml_imatrix);
+    EXPECT_LT(plain, (is_iq3(c.type) ? 1.4 : 1.05) * ggml_imatrix);
   }
+}
+
+// ggml's IQ3_S moves on to the next group's index and sign bytes only after a group it
+// quantized, so an all-zero group of 32 leaves the last group's slots empty and the later groups
+// one slot early (qh and the scales stay in place). Kept for byte identity with published files.
+TEST(Iq4Iq3Quantize, Iq3sZeroGroupShiftsLikeGgml) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(QK_K);
+  for (float& v : x) v = nd(rng);
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);  // group 2
+  BlockIQ3_S whole, shifted;
+  quantize_rows(DType::IQ3_S, x.data(), reinterpret_cast<uint8_t*>(&whole), 1, QK_K, nullptr);
+  std::vector<float> y = x;
+  std::copy(x.begin() + 96, x.end(), y.begin() + 64);  // groups 3..7 moved to 2..6, then zero
+  std::fill(y.begin() + 224, y.end(), 0.0f);
+  quantize_rows(DType::IQ3_S, y.data(), reinterpret_cast<uint8_t*>(&shifted), 1, QK_K, nullptr);
+  for (int i = 56; i < 64; ++i) EXPECT_EQ(whole.qs[i], 0) << i;
+  for (int i = 28; i < 32; ++i) EXPECT_EQ(whole.signs[i], 0) << i;
+  // Without importance a group's fit depends on its own 32 values only: groups 3..7 give the
+  // index and sign bytes that the same values give in groups 2..6.
+  EXPECT_EQ(std::memcmp(whole.qs + 16, shifted.qs + 16, 40), 0);
+  EXPECT_EQ(std::memcmp(whole.signs + 8, shifted.signs + 8, 20), 0);
 }
 
 // quantize_rows -> dequantize on random rows (normal values with a few outliers, one all-zero
@@ -207,7 +234,7 @@ TEST(Iq4Iq3Quantize, RoundTripBoundedError) {
     DType type;
     double rel;
   };
-  const Bound bounds[] = {{DType::IQ4_NL, 0.12}, {DType::IQ4_XS, 0.12}, {DType::IQ3_XXS, 0.25}, {DType::IQ3_S, 0.22}};
+  const Bound bounds[] = {{DType::IQ4_NL, 0.09}, {DType::IQ4_XS, 0.09}, {DType::IQ3_XXS, 0.24}, {DType::IQ3_S, 0.19}};
   constexpr int64_t rows = 8, cols = 1024;
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -225,16 +252,16 @@ TEST(Iq4Iq3Quantize, RoundTripBoundedError) {
       const std::vector<float> y = dequant_matrix(b.type, q, rows, cols);
       for (float v : y) ASSERT_TRUE(std::isfinite(v));
       for (int64_t c = 0; c < 256; ++c) EXPECT_EQ(y[size_t(3 * cols + 512 + c)], 0.0f);
-      EXPECT_LT(testing::rel_l2(y.data(), x.data(), rows * cols), b.rel);
-      // Importance shifts error towards the unimportant columns: the weighted error with the
-      // imatrix must not exceed the one without it by much.
+      const double rel = testing::rel_l2(y.data(), x.data(), rows * cols);
+      EXPECT_LT(rel, b.rel);
     }
+    // With the importance weights the error they weight must not be larger than without them.
     std::vector<uint8_t> q0(row_bytes(b.type, cols) * rows), q1(q0.size());
     quantize_rows(b.type, x.data(), q0.data(), rows, cols, nullptr);
     quantize_rows(b.type, x.data(), q1.data(), rows, cols, qw.data());
     const double e0 = weighted_sq_error(dequant_matrix(b.type, q0, rows, cols), x, qw, cols);
     const double e1 = weighted_sq_error(dequant_matrix(b.type, q1, rows, cols), x, qw, cols);
-    EXPECT_LT(e1, 1.02 * e0) << dtype_name(b.type);
+    EXPECT_LT(e1, e0) << dtype_name(b.type);
   }
 }
 
