@@ -79,8 +79,10 @@ void iq3_xxs(const uint8_t* src, float* dst, int64_t n) {
     for (int ib = 0; ib < QK_K / 32; ++ib, qs += 8) {
       const uint32_t aux = u32_at(scales_and_signs + 4 * ib);
       const float db = d * (0.5f + float(aux >> 28)) * 0.5f;
-      for (int l = 0; l < 4; ++l, dst += 8)
-        iq3_eight(db, iq3xxs_grid[qs[2 * l]], iq3xxs_grid[qs[2 * l + 1]], iq_signs(int((aux >> 7 * l) & 127)), dst);
+      for (int l = 0; l < 4; ++l, dst += 8) {
+        const uint8_t signs = iq_signs(int((aux >> 7 * l) & 127));  // 7 stored bits + parity
+        iq3_eight(db, iq3xxs_grid[qs[2 * l]], iq3xxs_grid[qs[2 * l + 1]], signs, dst);
+      }
     }
   }
 }

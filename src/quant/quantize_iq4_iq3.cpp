@@ -247,7 +247,8 @@ float iq3_group(const Iq3Search& s, const float* xval, const float* weight, cons
   for (int is = -steps; is <= steps; ++is) {
     const float id = (2 * kIq3Levels - 1 + float(is) * 0.2f) / max;
     const float this_scale = 1 / id;
-    for (int k = 0; k < 8; ++k) on_aux[k] = iq3_quad(s, xval + 4 * k, waux + 4 * k, id, this_scale, Laux + 4 * k);
+    for (int k = 0; k < 8; ++k)
+      on_aux[k] = iq3_quad(s, xval + 4 * k, waux + 4 * k, id, this_scale, Laux + 4 * k);
     float sumqx, sumq2;
     iq3_sums(xval, weight, Laux, &sumqx, &sumq2);
     if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
@@ -340,7 +341,7 @@ void iq3_xxs_block(const Iq3Search& s, const float* x, const float* qw, uint8_t*
       for (uint8_t& sg : signs) sg = uint8_t(~sg & 127);
     }
     for (int k = 0; k < 8; ++k) grid_idx[8 * ib + k] = uint8_t(iq3_grid_index(s, st.L + 4 * k));
-    scales_and_signs[ib] = signs[0] | (uint32_t(signs[1]) << 7) | (uint32_t(signs[2]) << 14) | (uint32_t(signs[3]) << 21);
+    for (int k = 0; k < 4; ++k) scales_and_signs[ib] |= uint32_t(signs[k]) << 7 * k;
     scales[ib] = scale;
     max_scale = fmax_ggml(max_scale, scale);
   }
@@ -413,8 +414,10 @@ bool quantize_iq4_iq3(DType t, const float* src, uint8_t* dst, int64_t nrows, in
   if (t != DType::IQ4_NL && t != DType::IQ4_XS && t != DType::IQ3_XXS && t != DType::IQ3_S) return false;
   const int64_t bs = dtype_info(t).block_size;
   const size_t bb = dtype_info(t).block_bytes;
-  if (n_per_row % bs != 0) fail("quantize", std::string(dtype_name(t)) + ": row length not a multiple of the block size");
-  const Iq3Search* search = t == DType::IQ3_XXS ? &iq3_search(256) : t == DType::IQ3_S ? &iq3_search(512) : nullptr;
+  if (n_per_row % bs != 0)
+    fail("quantize", std::string(dtype_name(t)) + ": row length not a multiple of the block size");
+  const Iq3Search* search =
+      t == DType::IQ3_XXS ? &iq3_search(256) : t == DType::IQ3_S ? &iq3_search(512) : nullptr;
   Iq3State st;
   for (int64_t r = 0; r < nrows; ++r) {
     for (int64_t b = 0; b < n_per_row / bs; ++b) {
