@@ -22,20 +22,12 @@
 #include "core/fp16.h"
 #include "quant/blocks.h"
 #include "quant/iq_grids_iq4_iq3.h"
+#include "quant/quant_search.h"
 
 namespace mixtral::quant {
 namespace {
 
-constexpr float kGroupMaxEps = 1e-15f;      // ggml's GROUP_MAX_EPS (IQ4): below, a group is zero
-constexpr float kGroupMaxEpsIq3 = 1e-8f;    // GROUP_MAX_EPS_IQ3_XXS
-
-// ggml's nearest_int: round to nearest, ties to even, for |x| < 2^22.
-inline int nearest_int(float x) {
-  const float v = x + 12582912.f;
-  int32_t i;
-  std::memcpy(&i, &v, 4);
-  return (i & 0x007fffff) - 0x00400000;
-}
+constexpr float kGroupMaxEpsIq3 = 1e-8f;    // GROUP_MAX_EPS_IQ3_XXS (IQ4 uses kGroupMaxEps)
 
 inline int clamp(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 inline float fmax_ggml(float a, float b) { return a > b ? a : b; }  // ggml's MAX(a, b)
