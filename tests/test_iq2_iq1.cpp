@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "kernels/dequant.h"
 #include "quant/blocks.h"
+#include "quant/quantize.h"
 #include "quant/iq_grids_iq2_iq1.h"
 #include "test_util.h"
 
@@ -47,6 +48,35 @@ TEST(Iq2Iq1Dequant, MatchesGgmlBitForBit) {
     EXPECT_EQ(count_bit_diffs(ref_out, f.dequant), 0);
     EXPECT_EQ(count_bit_diffs(fast_out, f.dequant), 0);
   }
+}
+
+// Bytes that differ between ours and ggml's, and the first differing block (or -1).
+struct ByteDiff {
+  int64_t bytes = 0, first_block = -1;
+};
+ByteDiff diff_bytes(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b, size_t block_bytes) {
+  ByteDiff d;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i]) {
+      if (d.bytes++ == 0) d.first_block = int64_t(i / block_bytes);
+    }
+  return d;
+}
+
+// quantize_rows(W, QW) must write the bytes ggml wrote into <type>.gguf.
+void expect_ggml_bytes(const Case& c) {
+  SCOPED_TRACE(c.stem);
+  const BlocksFixture f = load_blocks(c.stem);
+  ASSERT_TRUE(f.imatrix);
+  std::vector<uint8_t> ours(f.w.size());
+  quantize_rows(c.type, f.W.data(), ours.data(), f.kRows, f.kCols, f.QW.data());
+  const ByteDiff d = diff_bytes(ours, f.w, dtype_info(c.type).block_bytes);
+  EXPECT_EQ(d.bytes, 0) << "first differing block " << d.first_block;
+}
+
+TEST(Iq2Iq1Quantize, Iq2XxsMatchesGgmlByteForByte) {
+  REQUIRE_PATH(blocks_dir());
+  expect_ggml_bytes(kCases[0]);
 }
 
 struct Grid {

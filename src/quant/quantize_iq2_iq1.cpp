@@ -1,7 +1,322 @@
+// Quantizers of IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M, written from ggml's quantize_row_*_impl
+// (ggml-quants.c, c392e509) so that they write the same bytes: the same float32 operations in the
+// same order, no fused multiply-add (ggml-quants.c is built without -march flags).
+//
+// All of them fit 8-value patterns from a fixed grid (quant/iq_grids_iq2_iq1.h) to each group
+// of a 256-value super-block, with per-value importance w = imatrix * sqrt(sigma2 + x^2)
+// (sigma2 = the super-block's mean square, doubled for IQ2_S / IQ1). A pattern that is no grid
+// entry is replaced by its best neighbour (quant/iq2_iq1_neighbours.h).
+//   IQ2_XXS / IQ2_XS / IQ2_S: quantize |x| to the magnitudes, keep the signs apart (IQ2_XXS and
+//     IQ2_XS store 7 of 8 signs, so the least important value of an odd-sign group is flipped);
+//     the scale is searched over a small range around max / 5.
+//   IQ1_S / IQ1_M: values -1, 0, 1 shifted by +-kIq1Delta; the best split of the sorted group
+//     into three is found exhaustively.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "quant/blocks.h"
+#include "quant/iq2_iq1_neighbours.h"
+#include "quant/iq_grids_iq2_iq1.h"
 #include "quant/quantize_family.h"
 
 namespace mixtral::quant {
+namespace {
 
-bool quantize_iq2_iq1(DType, const float*, uint8_t*, int64_t, int64_t, const float*) { return false; }
+using iq::GridSearch;
+
+constexpr float kGroupMaxEps = 1e-15f;      // ggml's GROUP_MAX_EPS
+constexpr float kGroupMaxEpsIq2S = 1e-8f;   // GROUP_MAX_EPS_IQ2_S
+constexpr float kGroupMaxEpsIq1S = 1e-12f;  // GROUP_MAX_EPS_IQ1_S
+constexpr float kGroupMaxEpsIq1M = 1e-7f;   // GROUP_MAX_EPS_IQ1_M
+constexpr int kMaxQ = 3;                    // IQ2 levels: 0..kMaxQ-1, point 2l+1
+
+// ggml's nearest_int: round to nearest even for |x| < 2^22.
+inline int nearest_int(float x) {
+  const float v = x + 12582912.f;
+  int32_t i;
+  std::memcpy(&i, &v, 4);
+  return (i & 0x007fffff) - 0x00400000;
+}
+inline float fmax_ggml(float a, float b) { return a > b ? a : b; }  // ggml's MAX (b on ties/NaN)
+inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+inline void put_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+
+// ggml's make_qp_quants: non-negative x to levels 0..nmax with a weighted-optimal scale.
+float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* w) {
+  float max = 0;
+  for (int i = 0; i < n; ++i) max = fmax_ggml(max, x[i]);
+  if (!max) {
+    std::memset(L, 0, size_t(n));
+    return 0.f;
+  }
+  float iscale = float(nmax) / max;
+  for (int i = 0; i < n; ++i) L[i] = uint8_t(nearest_int(iscale * x[i]));
+  const float scale = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; ++i) {
+    const float diff = x[i] - scale * float(L[i]);
+    best_mse += w[i] * diff * diff;
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * float(is) + float(nmax)) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
+      const float diff = x[i] - scale_is * float(l);
+      mse += w[i] * diff * diff;
+    }
+    if (mse < best_mse) {
+      best_mse = mse;
+      iscale = iscale_is;
+    }
+  }
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::min(nmax, nearest_int(iscale * x[i]));
+    L[i] = uint8_t(l);
+    sumlx += w[i] * x[i] * float(l);
+    suml2 += w[i] * float(l) * float(l);
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int n_changed = 0;
+    for (int i = 0; i < n; ++i) {
+      float slx = sumlx - w[i] * x[i] * float(L[i]);
+      float sl2 = suml2 - w[i] * float(L[i]) * float(L[i]);
+      if (slx > 0 && sl2 > 0) {
+        const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
+        if (new_l != L[i]) {
+          slx += w[i] * x[i] * float(new_l);
+          sl2 += w[i] * float(new_l) * float(new_l);
+          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+            L[i] = uint8_t(new_l);
+            sumlx = slx;
+            suml2 = sl2;
+            ++n_changed;
+          }
+        }
+      }
+    }
+    if (!n_changed) break;
+  }
+  return sumlx / suml2;
+}
+
+// ================================ IQ2: magnitudes and signs =====================================
+
+// The 2-bit levels of 8 values packed as a grid pattern code.
+inline uint16_t code_of(const int8_t* L) {
+  uint16_t u = 0;
+  for (int i = 0; i < 8; ++i) u = uint16_t(u | L[i] << (2 * i));
+  return u;
+}
+
+// ggml's iq2_find_best_neighbour: the neighbour of pattern u with the least sum w (s q - x)^2,
+// q = 2l+1; writes its levels to L.
+int iq2_best_neighbour(const GridSearch& gs, uint16_t u, const float* xval, const float* w, float scale,
+                       int8_t* L) {
+  float best_d2 = FLT_MAX;
+  int best = -1;
+  for (const uint16_t k : gs.neighbours(u)) {
+    float d2 = 0;
+    for (int i = 0; i < 8; ++i) {
+      const float q = float(2 * gs.level(k, i) + 1);
+      const float diff = scale * q - xval[i];
+      d2 += w[i] * diff * diff;
+    }
+    if (d2 < best_d2) {
+      best_d2 = d2;
+      best = k;
+    }
+  }
+  if (best < 0) fail("quantize", "IQ2 grid search found no neighbour (non-finite input?)");
+  for (int i = 0; i < 8; ++i) L[i] = int8_t(gs.level(best, i));
+  return best;
+}
+
+// Levels of 8 values xval at inverse scale id, replaced by the best neighbour (at scale s) when
+// they form no grid entry. Returns whether they did form one.
+bool iq2_round_group(const GridSearch& gs, const float* xval, const float* waux, float id, float s, int8_t* L) {
+  for (int i = 0; i < 8; ++i) L[i] = int8_t(clampi(nearest_int(0.5f * (id * xval[i] - 1)), 0, kMaxQ - 1));
+  const uint16_t u = code_of(L);
+  if (gs.entry(u) >= 0) return true;
+  iq2_best_neighbour(gs, u, xval, waux, s, L);
+  return false;
+}
+
+// sum w x q and sum w q^2 over n values with q = 2l+1.
+inline void iq2_sums(int n, const float* xval, const float* w, const int8_t* L, float* sumqx, float* sumq2) {
+  float a = 0, b = 0;
+  for (int i = 0; i < n; ++i) {
+    const float q = float(2 * L[i] + 1);
+    a += w[i] * xval[i] * q;
+    b += w[i] * q * q;
+  }
+  *sumqx = a;
+  *sumq2 = b;
+}
+
+// The scale search of one group of `groups` x 8 values (|x| in xval): try inverse scales
+// (5 + is/10) / base for is in [-is_max, is_max], keep the one with the best weighted fit, then
+// round again at that scale (every sub-group when requant_all, as IQ2_XXS does; else only those
+// whose pattern was no grid entry, as IQ2_XS / IQ2_S do) and refit. L (levels) must hold the
+// fallback levels on entry. Returns the scale.
+float iq2_search_scale(const GridSearch& gs, int groups, const float* xval, const float* w, const float* waux,
+                       float base, float scale, int is_max, bool requant_all, int8_t* L) {
+  const int n = 8 * groups;
+  int8_t Laux[32];
+  bool on_grid[4] = {true, true, true, true}, on_grid_aux[4];
+  float best = 0;
+  for (int is = -is_max; is <= is_max; ++is) {
+    const float id = (float(2 * kMaxQ - 1) + float(is) * 0.1f) / base;
+    const float this_scale = 1 / id;
+    for (int k = 0; k < groups; ++k)
+      on_grid_aux[k] = iq2_round_group(gs, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k);
+    float sumqx, sumq2;
+    iq2_sums(n, xval, w, Laux, &sumqx, &sumq2);
+    if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+      scale = sumqx / sumq2;
+      best = scale * sumqx;
+      std::memcpy(L, Laux, size_t(n));
+      for (int k = 0; k < groups; ++k) on_grid[k] = on_grid_aux[k];
+    }
+  }
+  bool any_off = false;
+  for (int k = 0; k < groups; ++k) any_off = any_off || !on_grid[k];
+  if ((requant_all || any_off) && scale > 0) {
+    const float id = 1 / scale;
+    for (int k = 0; k < groups; ++k)
+      if (requant_all || !on_grid[k]) iq2_round_group(gs, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k);
+    float sumqx, sumq2;
+    iq2_sums(n, xval, w, L, &sumqx, &sumq2);
+    if (sumq2 > 0) scale = sumqx / sumq2;
+  }
+  return scale;
+}
+
+// |x| of 8 values into xval and their sign bits. With even_parity (IQ2_XXS, IQ2_XS store 7 sign
+// bits), an odd number of minus signs is made even by flipping the value with the least w x^2.
+uint8_t iq2_signs(const float* x, const float* w, bool even_parity, float* xval) {
+  int nflip = 0;
+  uint8_t s = 0;
+  for (int i = 0; i < 8; ++i) {
+    if (x[i] >= 0) {
+      xval[i] = x[i];
+    } else {
+      xval[i] = -x[i];
+      ++nflip;
+      s = uint8_t(s | 1 << i);
+    }
+  }
+  if (even_parity && nflip % 2) {
+    int imin = 0;
+    float min = w[0] * x[0] * x[0];
+    for (int i = 1; i < 8; ++i) {
+      const float ax = w[i] * x[i] * x[i];
+      if (ax < min) {
+        min = ax;
+        imin = i;
+      }
+    }
+    xval[imin] = -xval[imin];
+    s = uint8_t(s ^ 1 << imin);
+  }
+  return s;
+}
+
+// sigma2 of a super-block: factor * mean square.
+inline float super_block_sigma2(const float* x, float factor) {
+  float sumx2 = 0;
+  for (int i = 0; i < QK_K; ++i) sumx2 += x[i] * x[i];
+  return factor * sumx2 / QK_K;
+}
+
+// The grid entry of levels L; ggml aborts when they form none (they always do after the search).
+int entry_of(const GridSearch& gs, const int8_t* L) {
+  const int e = gs.entry(code_of(L));
+  if (e < 0) fail("quantize", "IQ2/IQ1 levels off the grid (non-finite input?)");
+  return e;
+}
+
+// IQ2_XXS: groups of 32 (4 patterns), scale start from make_qp_quants, 4-bit group scales.
+void quantize_iq2_xxs_row(const float* x, uint8_t* y, int64_t nbl, const float* qw_row) {
+  const GridSearch& gs = iq::grid_search(iq::GridKind::IQ2_XXS);
+  for (int64_t ibl = 0; ibl < nbl; ++ibl, y += sizeof(BlockIQ2_XXS)) {
+    const float* xbl = x + QK_K * ibl;
+    uint32_t q2[2 * (QK_K / 32)] = {};
+    float scales[QK_K / 32];
+    float max_scale = 0;
+    const float sigma2 = super_block_sigma2(xbl, 1.f);
+    for (int ib = 0; ib < QK_K / 32; ++ib) {
+      const float* xb = xbl + 32 * ib;
+      const float* qw = qw_row + QK_K * ibl + 32 * ib;
+      float weight[32], waux[32], xval[32];
+      int8_t L[32];
+      uint8_t signs[4];
+      for (int i = 0; i < 32; ++i) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
+      for (int i = 0; i < 32; ++i) waux[i] = std::sqrt(weight[i]);
+      for (int k = 0; k < 4; ++k) signs[k] = iq2_signs(xb + 8 * k, weight + 8 * k, true, xval + 8 * k) & 127;
+      float max = xval[0];
+      for (int i = 1; i < 32; ++i) max = fmax_ggml(max, xval[i]);
+      if (max < kGroupMaxEps) {
+        scales[ib] = 0;
+        continue;
+      }
+      float scale = make_qp_quants(32, kMaxQ + 1, xval, reinterpret_cast<uint8_t*>(L), weight);
+      scale = iq2_search_scale(gs, 4, xval, weight, waux, scale * kMaxQ, scale, 6, true, L);
+      if (scale < 0) {  // (ggml: cannot happen) a negative fit flips every sign
+        scale = -scale;
+        for (int k = 0; k < 4; ++k) signs[k] = uint8_t(~signs[k] & 127);
+      }
+      for (int k = 0; k < 4; ++k) {
+        q2[2 * ib] |= uint32_t(entry_of(gs, L + 8 * k)) << (8 * k);
+        q2[2 * ib + 1] |= uint32_t(signs[k]) << (7 * k);
+      }
+      scales[ib] = scale;
+      max_scale = fmax_ggml(max_scale, scale);
+    }
+    put_u16(y, f32_to_f16(0.f));
+    if (!max_scale) {
+      std::memset(y + 2, 0, QK_K / 4);
+      continue;
+    }
+    const float d = max_scale / 31;
+    put_u16(y, f32_to_f16(d));
+    const float id = 1 / d;
+    for (int ib = 0; ib < QK_K / 32; ++ib) {
+      const int l = clampi(nearest_int(0.5f * (id * scales[ib] - 1)), 0, 15);
+      q2[2 * ib + 1] |= uint32_t(l) << 28;
+    }
+    std::memcpy(y + 2, q2, QK_K / 4);
+  }
+}
+
+}  // namespace
+
+bool quantize_iq2_iq1(DType t, const float* src, uint8_t* dst, int64_t nrows, int64_t n_per_row,
+                      const float* imatrix) {
+  const int64_t nbl = n_per_row / QK_K;
+  switch (t) {
+    case DType::IQ2_XXS:
+      if (!imatrix) return false;
+      for (int64_t r = 0; r < nrows; ++r)
+        quantize_iq2_xxs_row(src + r * n_per_row, dst + r * nbl * int64_t(sizeof(BlockIQ2_XXS)), nbl, imatrix);
+      return true;
+    default:
+      return false;
+  }
+}
 
 }  // namespace mixtral::quant
