@@ -79,6 +79,16 @@ TEST(Iq2Iq1Quantize, Iq2XxsMatchesGgmlByteForByte) {
   expect_ggml_bytes(kCases[0]);
 }
 
+TEST(Iq2Iq1Quantize, Iq2XsMatchesGgmlByteForByte) {
+  REQUIRE_PATH(blocks_dir());
+  expect_ggml_bytes(kCases[1]);
+}
+
+TEST(Iq2Iq1Quantize, Iq2SMatchesGgmlByteForByte) {
+  REQUIRE_PATH(blocks_dir());
+  expect_ggml_bytes(kCases[2]);
+}
+
 struct Grid {
   const char* name;
   const uint64_t* entries;

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 
 #include "core/error.h"
@@ -303,6 +304,106 @@ void quantize_iq2_xxs_row(const float* x, uint8_t* y, int64_t nbl, const float* 
   }
 }
 
+// IQ2_XS and IQ2_S: groups of 16 (2 patterns), scale search around max / 5, a 4-bit scale per 16.
+// The types differ in sigma2 (x1 / x2), the weights without an imatrix (IQ2_S only), the signs
+// (7 + parity / 8 stored), the zero threshold, the index width (9 / 10 bits) and d (x 0.9875 for
+// IQ2_S).
+struct Iq2Group16 {
+  float scales[QK_K / 16];
+  uint16_t index[QK_K / 8];  // grid entry per 8 values
+  uint8_t signs[QK_K / 8];
+  float max_scale = 0;
+};
+
+// L: 16 levels kept across the groups of a row, the fallback when no scale fits (as ggml's).
+void iq2_search16(const GridSearch& gs, const float* xbl, const float* qw, bool is_s, int8_t* L, Iq2Group16& g) {
+  const float sigma2 = super_block_sigma2(xbl, is_s ? 2.f : 1.f);
+  for (int ib = 0; ib < QK_K / 16; ++ib) {
+    const float* xb = xbl + 16 * ib;
+    float weight[16], waux[16], xval[16];
+    if (qw) {
+      for (int i = 0; i < 16; ++i) weight[i] = qw[16 * ib + i] * std::sqrt(sigma2 + xb[i] * xb[i]);
+    } else {
+      for (int i = 0; i < 16; ++i) weight[i] = 0.25f * sigma2 + xb[i] * xb[i];
+    }
+    for (int i = 0; i < 16; ++i) waux[i] = std::sqrt(weight[i]);
+    uint8_t signs[2];
+    for (int k = 0; k < 2; ++k) {
+      signs[k] = iq2_signs(xb + 8 * k, weight + 8 * k, !is_s, xval + 8 * k);
+      if (!is_s) signs[k] &= 127;
+    }
+    float max = xval[0];
+    for (int i = 1; i < 16; ++i) max = fmax_ggml(max, xval[i]);
+    g.index[2 * ib] = g.index[2 * ib + 1] = 0;
+    g.signs[2 * ib] = g.signs[2 * ib + 1] = 0;
+    if (max < (is_s ? kGroupMaxEpsIq2S : kGroupMaxEps)) {
+      g.scales[ib] = 0;
+      if (!is_s) std::memset(L, 0, 16);
+      continue;
+    }
+    float scale = iq2_search_scale(gs, 2, xval, weight, waux, max, max / float(2 * kMaxQ - 1), 9, false, L);
+    if (scale < 0) {
+      scale = -scale;
+      for (int k = 0; k < 2; ++k) signs[k] = uint8_t(is_s ? ~signs[k] : ~signs[k] & 127);
+    }
+    for (int k = 0; k < 2; ++k) {
+      g.index[2 * ib + k] = uint16_t(entry_of(gs, L + 8 * k));
+      g.signs[2 * ib + k] = signs[k];
+    }
+    g.scales[ib] = scale;
+    g.max_scale = fmax_ggml(g.max_scale, scale);
+  }
+}
+
+// The 4-bit scales of 16 groups, two per byte, for super-block scale d.
+void iq2_pack_scales(const float* scales, float d, uint8_t* out) {
+  const float id = 1 / d;
+  for (int ib = 0; ib < QK_K / 16; ++ib) {
+    const int l = clampi(nearest_int(0.5f * (id * scales[ib] - 1)), 0, 15);
+    if (ib % 2 == 0) out[ib / 2] = uint8_t(l);
+    else out[ib / 2] = uint8_t(out[ib / 2] | l << 4);
+  }
+}
+
+void quantize_iq2_xs_row(const float* x, uint8_t* y, int64_t nbl, const float* qw_row) {
+  const GridSearch& gs = iq::grid_search(iq::GridKind::IQ2_XS);
+  int8_t L[16] = {};
+  for (int64_t ibl = 0; ibl < nbl; ++ibl, y += sizeof(BlockIQ2_XS)) {
+    Iq2Group16 g;
+    iq2_search16(gs, x + QK_K * ibl, qw_row + QK_K * ibl, false, L, g);
+    uint8_t* qs = y + offsetof(BlockIQ2_XS, qs);
+    uint8_t* scales = y + offsetof(BlockIQ2_XS, scales);
+    put_u16(y, f32_to_f16(0.f));
+    std::memset(scales, 0, QK_K / 32);
+    std::memset(qs, 0, QK_K / 4);
+    if (!g.max_scale) continue;
+    const float d = g.max_scale / 31;
+    put_u16(y, f32_to_f16(d));
+    iq2_pack_scales(g.scales, d, scales);
+    for (int i = 0; i < QK_K / 8; ++i) put_u16(qs + 2 * i, uint16_t(g.index[i] | g.signs[i] << 9));
+  }
+}
+
+void quantize_iq2_s_row(const float* x, uint8_t* y, int64_t nbl, const float* qw_row) {
+  const GridSearch& gs = iq::grid_search(iq::GridKind::IQ2_S);
+  int8_t L[16] = {};
+  for (int64_t ibl = 0; ibl < nbl; ++ibl, y += sizeof(BlockIQ2_S)) {
+    Iq2Group16 g;
+    iq2_search16(gs, x + QK_K * ibl, qw_row ? qw_row + QK_K * ibl : nullptr, true, L, g);
+    auto* b = reinterpret_cast<BlockIQ2_S*>(y);
+    std::memset(y, 0, sizeof(BlockIQ2_S));
+    for (int i = 0; i < QK_K / 8; ++i) {
+      b->qs[i] = uint8_t(g.index[i] & 255);
+      b->qh[i / 4] = uint8_t(b->qh[i / 4] | (g.index[i] >> 8) << (2 * (i % 4)));
+      b->qs[QK_K / 8 + i] = g.signs[i];
+    }
+    if (!g.max_scale) continue;
+    const float d = g.max_scale / 31;
+    put_u16(y, f32_to_f16(d * 0.9875f));
+    iq2_pack_scales(g.scales, d, b->scales);
+  }
+}
+
 }  // namespace
 
 bool quantize_iq2_iq1(DType t, const float* src, uint8_t* dst, int64_t nrows, int64_t n_per_row,
@@ -313,6 +414,15 @@ bool quantize_iq2_iq1(DType t, const float* src, uint8_t* dst, int64_t nrows, in
       if (!imatrix) return false;
       for (int64_t r = 0; r < nrows; ++r)
         quantize_iq2_xxs_row(src + r * n_per_row, dst + r * nbl * int64_t(sizeof(BlockIQ2_XXS)), nbl, imatrix);
+      return true;
+    case DType::IQ2_XS:
+      if (!imatrix) return false;
+      for (int64_t r = 0; r < nrows; ++r)
+        quantize_iq2_xs_row(src + r * n_per_row, dst + r * nbl * int64_t(sizeof(BlockIQ2_XS)), nbl, imatrix);
+      return true;
+    case DType::IQ2_S:  // runs without importance weights too (weights from x^2)
+      for (int64_t r = 0; r < nrows; ++r)
+        quantize_iq2_s_row(src + r * n_per_row, dst + r * nbl * int64_t(sizeof(BlockIQ2_S)), nbl, imatrix);
       return true;
     default:
       return false;
