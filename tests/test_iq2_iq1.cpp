@@ -89,6 +89,11 @@ TEST(Iq2Iq1Quantize, Iq2SMatchesGgmlByteForByte) {
   expect_ggml_bytes(kCases[2]);
 }
 
+TEST(Iq2Iq1Quantize, Iq1SMatchesGgmlByteForByte) {
+  REQUIRE_PATH(blocks_dir());
+  expect_ggml_bytes(kCases[3]);
+}
+
 struct Grid {
   const char* name;
   const uint64_t* entries;

@@ -404,6 +404,160 @@ void quantize_iq2_s_row(const float* x, uint8_t* y, int64_t nbl, const float* qw
   }
 }
 
+// ================================ IQ1: -1, 0, 1 plus a shift ===================================
+
+// Grid values of the two shifts: +kIq1Delta (x_p) and -kIq1Delta (x_m), by level.
+constexpr float kIq1P[3] = {-1 + iq::kIq1Delta, iq::kIq1Delta, 1 + iq::kIq1Delta};
+constexpr float kIq1M[3] = {-1 - iq::kIq1Delta, -iq::kIq1Delta, 1 - iq::kIq1Delta};
+
+// ggml's iq1_find_best_neighbour2: the neighbour of pattern u with the least sum w (s q - x)^2,
+// q = xx[level]; writes its levels to L.
+int iq1_best_neighbour(const GridSearch& gs, uint16_t u, const float* x, const float* w, float scale,
+                       const float* xx, int8_t* L) {
+  float best = FLT_MAX;
+  int best_k = -1;
+  for (const uint16_t k : gs.neighbours(u)) {
+    float d2 = 0;
+    for (int i = 0; i < 8; ++i) {
+      const float diff = scale * xx[gs.level(k, i)] - x[i];
+      d2 += w[i] * diff * diff;
+    }
+    if (d2 < best) {
+      best = d2;
+      best_k = k;
+    }
+  }
+  if (best_k < 0) fail("quantize", "IQ1 grid search found no neighbour (non-finite input?)");
+  for (int i = 0; i < 8; ++i) L[i] = int8_t(gs.level(best_k, i));
+  return best_k;
+}
+
+// Indices 0..n-1 ordered by x, equal values in index order (glibc's qsort, which ggml calls on
+// (x, index) pairs compared by x, is a merge sort for arrays this small: stable).
+void sort_by_value(const float* x, int n, int* idx) {
+  for (int j = 0; j < n; ++j) idx[j] = j;
+  std::stable_sort(idx, idx + n, [x](int a, int b) { return x[a] < x[b]; });
+}
+
+// Levels L of `groups` x 8 values after the split search: the grid entries (best neighbours
+// where the levels form none), and the refitted scale when any was replaced. xx_of(k): the
+// shifted values of sub-group k.
+template <class XxOf>
+float iq1_fit_grid(const GridSearch& gs, int groups, const float* xb, const float* weight, float scale,
+                   XxOf xx_of, int8_t* L, uint16_t* index) {
+  bool all_on_grid = true;
+  for (int k = 0; k < groups; ++k) {
+    const uint16_t u = code_of(L + 8 * k);
+    int e = gs.entry(u);
+    if (e < 0) {
+      all_on_grid = false;
+      e = iq1_best_neighbour(gs, u, xb + 8 * k, weight + 8 * k, scale, xx_of(k), L + 8 * k);
+    }
+    index[k] = uint16_t(e);
+  }
+  if (!all_on_grid) {
+    float sumqx = 0, sumq2 = 0;
+    for (int k = 0; k < groups; ++k) {
+      const float* xx = xx_of(k);
+      for (int j = 0; j < 8; ++j) {
+        const float w = weight[8 * k + j];
+        const float q = xx[gs.level(index[k], j)];
+        sumqx += w * q * xb[8 * k + j];
+        sumq2 += w * q * q;
+      }
+    }
+    if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
+  }
+  return scale;
+}
+
+// Level by sorted position: 0 below i1, 1 below i2, 2 from there.
+inline void iq1_levels(const int* idx, int n, int i1, int i2, int8_t* L) {
+  for (int j = 0; j < n; ++j) L[idx[j]] = int8_t(j < i1 ? 0 : j < i2 ? 1 : 2);
+}
+
+// IQ1_S: groups of 32 with one shift sign and a 3-bit scale each. shifts: kept across the
+// super-blocks and rows of one call (ggml reads a stale one for an all-zero group).
+void quantize_iq1_s_row(const float* x, uint8_t* y, int64_t nbl, const float* qw_row, int8_t* shifts) {
+  constexpr int bs = 32;
+  const GridSearch& gs = iq::grid_search(iq::GridKind::IQ1);
+  for (int64_t ibl = 0; ibl < nbl; ++ibl, y += sizeof(BlockIQ1_S)) {
+    auto* b = reinterpret_cast<BlockIQ1_S*>(y);
+    std::memset(y, 0, sizeof(BlockIQ1_S));
+    uint16_t qh[QK_K / bs] = {};
+    const float* xbl = x + QK_K * ibl;
+    const float sigma2 = super_block_sigma2(xbl, 2.f);
+    float scales[QK_K / bs], max_scale = 0;
+    for (int ib = 0; ib < QK_K / bs; ++ib) {
+      const float* xb = xbl + bs * ib;
+      const float* qw = qw_row + QK_K * ibl + bs * ib;
+      float weight[bs], sumx[bs + 1], sumw[bs + 1];
+      for (int i = 0; i < bs; ++i) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
+      float max = std::fabs(xb[0]);
+      for (int i = 1; i < bs; ++i) max = fmax_ggml(max, std::fabs(xb[i]));
+      if (max < kGroupMaxEpsIq1S) {
+        scales[ib] = 0;
+        continue;
+      }
+      int idx[bs];
+      sort_by_value(xb, bs, idx);
+      sumx[0] = sumw[0] = 0;
+      for (int j = 0; j < bs; ++j) {
+        sumx[j + 1] = sumx[j] + weight[idx[j]] * xb[idx[j]];
+        sumw[j + 1] = sumw[j] + weight[idx[j]];
+      }
+      float best_score = -FLT_MIN, scale = max;
+      int besti1 = -1, besti2 = -1, best_shift = 0;
+      for (int i1 = 0; i1 <= bs; ++i1) {
+        for (int i2 = i1; i2 <= bs; ++i2) {
+          for (int shift : {1, -1}) {
+            const float* v = shift == 1 ? kIq1P : kIq1M;
+            const float sumqx = (sumx[i1] - sumx[0]) * v[0] + (sumx[i2] - sumx[i1]) * v[1] + (sumx[bs] - sumx[i2]) * v[2];
+            const float sumq2 = (sumw[i1] - sumw[0]) * v[0] * v[0] + (sumw[i2] - sumw[i1]) * v[1] * v[1] +
+                                (sumw[bs] - sumw[i2]) * v[2] * v[2];
+            if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
+              scale = sumqx / sumq2;
+              best_score = scale * sumqx;
+              besti1 = i1;
+              besti2 = i2;
+              best_shift = shift;
+            }
+          }
+        }
+      }
+      if (besti1 < 0) fail("quantize", "IQ1_S found no split (zero importance weights?)");
+      int8_t L[bs];
+      iq1_levels(idx, bs, besti1, besti2, L);
+      if (scale < 0) {
+        for (int j = 0; j < bs; ++j) L[j] = int8_t(2 - L[j]);
+        scale = -scale;
+        best_shift = -best_shift;
+      }
+      const float* xx = best_shift == 1 ? kIq1P : kIq1M;
+      uint16_t index[bs / 8];
+      scale = iq1_fit_grid(gs, bs / 8, xb, weight, scale, [xx](int) { return xx; }, L, index);
+      for (int k = 0; k < bs / 8; ++k) {
+        b->qs[(bs / 8) * ib + k] = uint8_t(index[k] & 255);
+        qh[ib] = uint16_t(qh[ib] | (index[k] >> 8) << (3 * k));
+      }
+      scales[ib] = scale;
+      shifts[ib] = int8_t(best_shift);
+      max_scale = fmax_ggml(max_scale, scale);
+    }
+    if (max_scale) {
+      const float d = max_scale / 15;
+      put_u16(y, f32_to_f16(d * 1.125f));
+      const float id = 1 / d;
+      for (int ib = 0; ib < QK_K / bs; ++ib) {
+        int l = clampi(nearest_int(0.5f * (id * scales[ib] - 1)), 0, 7);
+        if (shifts[ib] == -1) l |= 8;
+        qh[ib] = uint16_t(qh[ib] | l << 12);
+      }
+    }
+    std::memcpy(y + offsetof(BlockIQ1_S, qh), qh, sizeof(qh));
+  }
+}
+
 }  // namespace
 
 bool quantize_iq2_iq1(DType t, const float* src, uint8_t* dst, int64_t nrows, int64_t n_per_row,
@@ -424,6 +578,13 @@ bool quantize_iq2_iq1(DType t, const float* src, uint8_t* dst, int64_t nrows, in
       for (int64_t r = 0; r < nrows; ++r)
         quantize_iq2_s_row(src + r * n_per_row, dst + r * nbl * int64_t(sizeof(BlockIQ2_S)), nbl, imatrix);
       return true;
+    case DType::IQ1_S: {
+      if (!imatrix) return false;
+      int8_t shifts[QK_K / 32] = {};
+      for (int64_t r = 0; r < nrows; ++r)
+        quantize_iq1_s_row(src + r * n_per_row, dst + r * nbl * int64_t(sizeof(BlockIQ1_S)), nbl, imatrix, shifts);
+      return true;
+    }
     default:
       return false;
   }
