@@ -94,6 +94,11 @@ TEST(Iq2Iq1Quantize, Iq1SMatchesGgmlByteForByte) {
   expect_ggml_bytes(kCases[3]);
 }
 
+TEST(Iq2Iq1Quantize, Iq1MMatchesGgmlByteForByte) {
+  REQUIRE_PATH(blocks_dir());
+  expect_ggml_bytes(kCases[4]);
+}
+
 struct Grid {
   const char* name;
   const uint64_t* entries;

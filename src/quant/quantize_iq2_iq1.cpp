@@ -558,6 +558,129 @@ void quantize_iq1_s_row(const float* x, uint8_t* y, int64_t nbl, const float* qw
   }
 }
 
+// IQ1_M weights of 16 values: imatrix * sqrt(sigma2 + x^2), or x^2 without an imatrix.
+inline void iq1_m_weights(const float* xb, const float* qw, float sigma2, float* weight) {
+  if (qw) {
+    for (int i = 0; i < 16; ++i) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
+  } else {
+    for (int i = 0; i < 16; ++i) weight[i] = xb[i] * xb[i];
+  }
+}
+
+// The shifted values of half h (8 values) of an IQ1_M group under shift combination k:
+// k = 0: (+, +), 1: (+, -), 2: (-, +), 3: (-, -).
+inline const float* iq1_m_xx(int k, int h) { return (h == 0 ? k < 2 : k % 2 == 0) ? kIq1P : kIq1M; }
+
+// The best split (i1, i2) and shift combination of 16 values sorted by idx. Returns the scale.
+float iq1_m_split(const float* xb, const float* weight, const int* idx, float max, int* bi1, int* bi2, int* bk) {
+  constexpr int bs = 16;
+  float best_score = -FLT_MIN, scale = max;
+  *bi1 = *bi2 = *bk = -1;
+  for (int i1 = 0; i1 <= bs; ++i1) {
+    for (int i2 = i1; i2 <= bs; ++i2) {
+      float sumqx[4] = {}, sumq2[4] = {};
+      for (int j = 0; j < bs; ++j) {
+        const int i = idx[j];
+        const int lev = j < i1 ? 0 : j < i2 ? 1 : 2;
+        for (int k = 0; k < 4; ++k) {
+          const float v = iq1_m_xx(k, i < bs / 2 ? 0 : 1)[lev];
+          sumqx[k] += weight[i] * v * xb[i];
+          sumq2[k] += weight[i] * v * v;
+        }
+      }
+      for (int k = 0; k < 4; ++k) {
+        if (sumq2[k] > 0 && sumqx[k] * sumqx[k] > best_score * sumq2[k]) {
+          scale = sumqx[k] / sumq2[k];
+          best_score = scale * sumqx[k];
+          *bi1 = i1;
+          *bi2 = i2;
+          *bk = k;
+        }
+      }
+    }
+  }
+  return scale;
+}
+
+// IQ1_M: groups of 16 with a shift combination and a 3-bit scale each; the fp16 super-block
+// scale, refitted over the whole block, goes into the top nibbles of the four scale words.
+// shifts: as for IQ1_S.
+void quantize_iq1_m_row(const float* x, uint8_t* y, int64_t nbl, const float* qw_row, int8_t* shifts) {
+  constexpr int bs = 16;
+  constexpr uint8_t kShiftMask[4] = {0x00, 0x80, 0x08, 0x88};  // qh bits of the minus halves
+  const GridSearch& gs = iq::grid_search(iq::GridKind::IQ1);
+  for (int64_t ibl = 0; ibl < nbl; ++ibl, y += sizeof(BlockIQ1_M)) {
+    auto* b = reinterpret_cast<BlockIQ1_M*>(y);
+    std::memset(y, 0, sizeof(BlockIQ1_M));
+    const float* xbl = x + QK_K * ibl;
+    const float* qwb = qw_row ? qw_row + QK_K * ibl : nullptr;
+    const float sigma2 = super_block_sigma2(xbl, 2.f);
+    float scales[QK_K / bs], max_scale = 0;
+    for (int ib = 0; ib < QK_K / bs; ++ib) {
+      const float* xb = xbl + bs * ib;
+      float weight[bs];
+      iq1_m_weights(xb, qwb ? qwb + bs * ib : nullptr, sigma2, weight);
+      float max = std::fabs(xb[0]);
+      for (int i = 1; i < bs; ++i) max = fmax_ggml(max, std::fabs(xb[i]));
+      if (max < kGroupMaxEpsIq1M) {
+        scales[ib] = 0;
+        continue;
+      }
+      int idx[bs];
+      sort_by_value(xb, bs, idx);
+      int i1, i2, best_k;
+      float scale = iq1_m_split(xb, weight, idx, max, &i1, &i2, &best_k);
+      if (best_k < 0) fail("quantize", "IQ1_M found no split (zero importance weights?)");
+      int8_t L[bs];
+      iq1_levels(idx, bs, i1, i2, L);
+      if (scale < 0) {
+        for (int j = 0; j < bs; ++j) L[j] = int8_t(2 - L[j]);
+        scale = -scale;
+        best_k = 3 - best_k;
+      }
+      uint16_t index[2];
+      scale = iq1_fit_grid(gs, 2, xb, weight, scale, [best_k](int h) { return iq1_m_xx(best_k, h); }, L, index);
+      b->qs[2 * ib] = uint8_t(index[0] & 255);
+      b->qs[2 * ib + 1] = uint8_t(index[1] & 255);
+      b->qh[ib] = uint8_t((index[0] >> 8) | (index[1] >> 8) << 4);
+      scales[ib] = scale;
+      shifts[ib] = int8_t(best_k);
+      max_scale = fmax_ggml(max_scale, scale);
+    }
+    if (!max_scale) continue;
+
+    uint16_t sc[4] = {};
+    float d = max_scale / 15;
+    const float id = 1 / d;
+    float sumqx = 0, sumq2 = 0;
+    for (int ib = 0; ib < QK_K / bs; ++ib) {
+      const int l = clampi(nearest_int(0.5f * (id * scales[ib] - 1)), 0, 7);
+      sc[ib / 4] = uint16_t(sc[ib / 4] | l << (3 * (ib % 4)));
+      b->qh[ib] = uint8_t(b->qh[ib] | kShiftMask[shifts[ib]]);
+      const float* xb = xbl + bs * ib;
+      float weight[bs];
+      iq1_m_weights(xb, qwb ? qwb + bs * ib : nullptr, sigma2, weight);
+      for (int k = 0; k < 2; ++k) {
+        const float* xx = iq1_m_xx(shifts[ib], k);
+        const int e = b->qs[2 * ib + k] + ((b->qh[ib] << (8 - 4 * k)) & 0x700);
+        for (int j = 0; j < 8; ++j) {
+          const float w = weight[8 * k + j];
+          const float q = xx[gs.level(e, j)] * float(2 * l + 1);
+          sumqx += w * q * xb[8 * k + j];
+          sumq2 += w * q * q;
+        }
+      }
+    }
+    if (sumq2 > 0) d = sumqx / sumq2;
+    const uint16_t h = f32_to_f16(d * 1.1125f);
+    sc[0] = uint16_t(sc[0] | (h & 0x000f) << 12);
+    sc[1] = uint16_t(sc[1] | (h & 0x00f0) << 8);
+    sc[2] = uint16_t(sc[2] | (h & 0x0f00) << 4);
+    sc[3] = uint16_t(sc[3] | (h & 0xf000));
+    std::memcpy(b->scales, sc, sizeof(sc));
+  }
+}
+
 }  // namespace
 
 bool quantize_iq2_iq1(DType t, const float* src, uint8_t* dst, int64_t nrows, int64_t n_per_row,
@@ -583,6 +706,12 @@ bool quantize_iq2_iq1(DType t, const float* src, uint8_t* dst, int64_t nrows, in
       int8_t shifts[QK_K / 32] = {};
       for (int64_t r = 0; r < nrows; ++r)
         quantize_iq1_s_row(src + r * n_per_row, dst + r * nbl * int64_t(sizeof(BlockIQ1_S)), nbl, imatrix, shifts);
+      return true;
+    }
+    case DType::IQ1_M: {  // runs without importance weights too (weights x^2), as ggml's does
+      int8_t shifts[QK_K / 16] = {};
+      for (int64_t r = 0; r < nrows; ++r)
+        quantize_iq1_m_row(src + r * n_per_row, dst + r * nbl * int64_t(sizeof(BlockIQ1_M)), nbl, imatrix, shifts);
       return true;
     }
     default:
