@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -17,8 +18,10 @@
 #include "io/gguf.h"
 #include "io/imatrix.h"
 #include "model/quant_mix.h"
+#include "model/requantize.h"
 #include "reference_data.h"
 #include "sample/sampler.h"
+#include "sha256.h"
 #include "test_util.h"
 
 using namespace mixtral;
@@ -86,6 +89,122 @@ TEST_P(QuantFilesByType, TensorTypesMatchLlamaQuantize) {
     EXPECT_EQ(dtype_name(plan[i].type), want[i]) << plan[i].tensor.name;
     EXPECT_FALSE(plan[i].fallback);
   }
+}
+
+// A tiny-q reference folder: prompts and tokens live once in its parent (QUANTS.md section 3).
+struct TinyQRefs {
+  std::vector<RefPrompt> prompts;
+  std::vector<Top40> top40;
+};
+
+TinyQRefs load_tiny_q_refs(const std::string& dir) {
+  const std::string parent = std::filesystem::path(dir).parent_path().string();
+  const json prompts = read_json(parent + "/prompts.json"), tokens = read_json(parent + "/tokens.json");
+  const json greedy = read_json(dir + "/greedy.json"), top = read_json(dir + "/top40.json");
+  TinyQRefs r;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    RefPrompt p;
+    p.name = prompts[i]["name"];
+    p.text = prompts[i]["text"];
+    p.tokens = tokens[p.name].get<std::vector<int32_t>>();
+    p.row_offset = top["prompts"][i]["row_offset"];
+    p.greedy = greedy[p.name]["ids"].get<std::vector<int32_t>>();
+    p.greedy_gap = greedy[p.name]["top1_top2_gap"].get<std::vector<float>>();
+    r.prompts.push_back(std::move(p));
+  }
+  r.top40 = read_records<Top40>(dir + "/top40.bin");
+  return r;
+}
+
+// Our logits against llama.cpp's record of the same position.
+struct RowDiff {
+  double sq_diff = 0, sq_ref = 0, lse_diff = 0;
+  bool argmax_equal = false;
+};
+
+RowDiff compare_row(const float* logits, int64_t n_vocab, const Top40& ref) {
+  RowDiff d;
+  for (int i = 0; i < 40; ++i) {
+    const double diff = double(logits[ref.ids[i]]) - double(ref.values[i]);
+    d.sq_diff += diff * diff;
+    d.sq_ref += double(ref.values[i]) * double(ref.values[i]);
+  }
+  double m = logits[0], s = 0;
+  for (int64_t i = 1; i < n_vocab; ++i) m = std::max(m, double(logits[i]));
+  for (int64_t i = 0; i < n_vocab; ++i) s += std::exp(double(logits[i]) - m);
+  d.lse_diff = std::abs(m + std::log(s) - double(ref.lse));
+  d.argmax_equal = argmax(logits, n_vocab) == ref.ids[0];
+  return d;
+}
+
+// QUANTS.md's quantized-file bars (README section 4): per prompt top-40 relative L2 <= 3e-2,
+// per row <= 0.15, |dlse| <= 1e-3, argmax agreement >= 0.8; teacher-forced greedy ids equal
+// wherever llama.cpp's top-2 gap is >= 0.05.
+void expect_logits_match(const Model& model, const TinyQRefs& refs) {
+  const int64_t V = model.config().vocab_size;
+  for (const RefPrompt& p : refs.prompts) {
+    SCOPED_TRACE(p.name);
+    const int64_t n = int64_t(p.tokens.size());
+    Session s(model, {512, 512, 2});
+    const std::vector<float> logits = s.eval(p.tokens, true);
+    double sq_diff = 0, sq_ref = 0, worst_row = 0, worst_lse = 0;
+    int64_t argmax_ok = 0;
+    for (int64_t pos = 0; pos < n; ++pos) {
+      const RowDiff d = compare_row(&logits[size_t(pos * V)], V, refs.top40[size_t(p.row_offset + pos)]);
+      sq_diff += d.sq_diff, sq_ref += d.sq_ref;
+      worst_row = std::max(worst_row, std::sqrt(d.sq_diff / d.sq_ref));
+      worst_lse = std::max(worst_lse, d.lse_diff);
+      argmax_ok += d.argmax_equal;
+    }
+    EXPECT_LE(std::sqrt(sq_diff / sq_ref), 3e-2);
+    EXPECT_LE(worst_row, 0.15);
+    EXPECT_LE(worst_lse, 1e-3);
+    EXPECT_GE(double(argmax_ok) / double(n), 0.8);
+    std::vector<float> last(logits.end() - V, logits.end());
+    for (int step = 0; step < 32; ++step) {
+      if (p.greedy_gap[size_t(step)] >= 0.05f) EXPECT_EQ(argmax(last.data(), V), p.greedy[size_t(step)]) << "step " << step;
+      if (step < 31) last = s.eval({p.greedy[size_t(step)]});
+    }
+    std::printf("  %-8s rel L2 top-40 %.2e, worst row %.2e, |dlse| %.2e, argmax %lld/%lld\n", p.name.c_str(),
+                std::sqrt(sq_diff / sq_ref), worst_row, worst_lse, (long long)argmax_ok, (long long)n);
+  }
+}
+
+// Our quantize of llama.cpp's F32 source is llama.cpp's file (sha256), and we run it as
+// llama.cpp does. Skips while a tensor type of the mix has no quantizer in this build.
+TEST_P(QuantFilesByType, QuantizedFileIsLlamaCppsAndRunsLikeIt) {
+  const std::string dir = ref_dir(GetParam());
+  const std::string src = fixture("gguf/tiny-q-f32.gguf");
+  REQUIRE_PATH(dir + "/info.json");
+  REQUIRE_PATH(src);
+  const json info = read_json(dir + "/info.json");
+  RequantizeOptions o;
+  o.type = GetParam();
+  o.threads = 2;
+  Imatrix imatrix;
+  if (!info["imatrix"].is_null()) {
+    imatrix = read_imatrix(shared_dir() + "/fixtures/" + info["imatrix"]["file"].get<std::string>());
+    o.imatrix = &imatrix;
+    o.imatrix_file = info["imatrix"]["file"];  // llama-quantize records the path it was given
+  }
+  const auto missing = missing_quantizers(plan_requantize(GgufFile(src), o));
+  if (!missing.empty()) {
+    std::string names;
+    for (DType t : missing) names += std::string(names.empty() ? "" : ", ") + dtype_name(t);
+    GTEST_SKIP() << "no quantizer in this build for " << names << (o.imatrix ? " (with importance weights where the imatrix has them)" : "");
+  }
+  const std::string out = (std::filesystem::temp_directory_path() /
+                           ("mixtral-test-" + std::to_string(::getpid()) + "-" + info["gguf"].get<std::string>())).string();
+  requantize_gguf(src, out, o);
+  EXPECT_EQ(std::filesystem::file_size(out), info["gguf_bytes"].get<uint64_t>());
+  EXPECT_EQ(sha256_file(out), info["gguf_sha256"].get<std::string>());
+  {
+    const GgufFile g(out);
+    EXPECT_EQ(g.get_int("general.file_type"), int64_t(GetParam()));
+    const auto model = Model::load(out);
+    expect_logits_match(*model, load_tiny_q_refs(dir));
+  }
+  std::filesystem::remove(out);
 }
 
 INSTANTIATE_TEST_SUITE_P(QuantFiles, QuantFilesByType, ::testing::ValuesIn(published_file_types().begin(), published_file_types().end()),
