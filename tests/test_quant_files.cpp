@@ -185,7 +185,11 @@ TEST_P(QuantFilesByType, QuantizedFileIsLlamaCppsAndRunsLikeIt) {
   if (!info["imatrix"].is_null()) {
     imatrix = read_imatrix(shared_dir() + "/fixtures/" + info["imatrix"]["file"].get<std::string>());
     o.imatrix = &imatrix;
-    o.imatrix_file = info["imatrix"]["file"];  // llama-quantize records the path it was given
+    // llama-quantize records the --imatrix path as given. NOTE: with the path info.json names,
+    // our IQ headers come out 3..34 bytes shorter than llama.cpp's (file sizes 32 bytes short):
+    // the references were made with a longer path (25..56 characters); only the sha256 of an
+    // IQ file can tell which.
+    o.imatrix_file = info["imatrix"]["file"];
   }
   const auto missing = missing_quantizers(plan_requantize(GgufFile(src), o));
   if (!missing.empty()) {
@@ -205,6 +209,55 @@ TEST_P(QuantFilesByType, QuantizedFileIsLlamaCppsAndRunsLikeIt) {
     expect_logits_match(*model, load_tiny_q_refs(dir));
   }
   std::filesystem::remove(out);
+}
+
+// F16 input: llama-quantize converts F16 rows to float32 exactly before quantizing, so Q8_0
+// from an F16 file equals Q8_0 from the F32 file rounded to F16 first; the mix is the same.
+TEST(QuantFilesInput, F16SourceGivesTheSameMix) {
+  const std::string src = fixture("gguf/tiny-q-f32.gguf");
+  REQUIRE_PATH(src);
+  const auto dir = std::filesystem::temp_directory_path() / ("mixtral-test-f16-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string f16 = (dir / "f16.gguf").string(), q8 = (dir / "q8.gguf").string();
+  RequantizeOptions o;
+  o.type = FileType::MOSTLY_F16;
+  requantize_gguf(src, f16, o);
+  {
+    const GgufFile g(f16);
+    EXPECT_EQ(g.get_int("general.file_type"), 1);
+    for (const RawTensor& t : g.tensors()) EXPECT_EQ(t.dtype, t.shape.size() >= 2 && t.name.find("ffn_gate_inp") == std::string::npos ? DType::F16 : DType::F32) << t.name;
+  }
+  o.type = FileType::Q8_0;
+  o.threads = 3;
+  requantize_gguf(f16, q8, o);
+  const GgufFile a(q8), b(src);
+  const auto plan = plan_requantize(b, o);
+  ASSERT_EQ(a.tensors().size(), plan.size());
+  for (size_t i = 0; i < plan.size(); ++i) {
+    EXPECT_EQ(a.tensors()[i].name, plan[i].plan.tensor.name);
+    EXPECT_EQ(a.tensors()[i].dtype, plan[i].plan.type) << plan[i].plan.tensor.name;
+  }
+  // The quantize.* / general.* keys are the only ones that differ from the source's.
+  EXPECT_EQ(a.keys(), GgufFile(f16).keys());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(QuantFilesInput, RefusesQuantizedSourcesAndMissingImatrix) {
+  const std::string q8 = fixture("gguf/tiny-q8_0.gguf"), src = fixture("gguf/tiny-q-f32.gguf");
+  REQUIRE_PATH(q8);
+  REQUIRE_PATH(src);
+  RequantizeOptions o;
+  o.type = FileType::Q4_0;
+  EXPECT_THROW(plan_requantize(GgufFile(q8), o), Error);
+  for (FileType t : {FileType::IQ2_XXS, FileType::IQ2_XS, FileType::IQ2_S, FileType::IQ1_S, FileType::IQ1_M}) {
+    o.type = t;
+    try {
+      plan_requantize(GgufFile(src), o);
+      ADD_FAILURE() << file_type_info(t).name << " planned without an imatrix";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(kImatrixRequiredReason), std::string::npos) << e.what();
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(QuantFiles, QuantFilesByType, ::testing::ValuesIn(published_file_types().begin(), published_file_types().end()),
