@@ -122,6 +122,7 @@ def tiny_q_header(template, c, name):
 
 def main():
     fixtures, hf_dir, out_path = sys.argv[1:4]
+    sys.dont_write_bytecode = True  # (no __pycache__ inside ../shared)
     sys.path.insert(0, fixtures)
     import make_gguf
     config = json.load(open(os.path.join(fixtures, "presets", "tiny-q.json")))

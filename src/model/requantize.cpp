@@ -152,6 +152,8 @@ void requantize_gguf(const std::string& in_path, const std::string& out_path, co
   check_output(in_path, out_path);
   const GgufFile in(in_path);
   const auto plan = plan_requantize(in, o);
+  // (The probe runs each quantizer once on this thread, so tables a quantizer builds on first
+  // use exist before the worker threads start.)
   const auto missing = missing_quantizers(plan);
   if (!missing.empty()) {
     for (const RequantizeTensor& r : plan)
