@@ -11,9 +11,17 @@ if [ ! -d "$F" ]; then
 fi
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
+TOK=$SHARED/tokenizers/tokenizer.model.v1
+HERE=$(dirname "$0")
+# tiny-q-f32.gguf (QUANTS.md section 1): the F32 source of llama.cpp's 25 quantized references.
+# Built on its own so that build directories made before it get it too.
+if [ ! -f "$OUT/gguf/tiny-q-f32.gguf" ]; then
+  mkdir -p "$OUT/gguf"
+  $PY "$F/gen_mixtral.py" --config "$F/presets/tiny-q.json" --out "$OUT/hf/tiny-q" --tokenizer "$TOK"
+  $PY "$HERE/make_tiny_q_gguf.py" "$F" "$OUT/hf/tiny-q" "$OUT/gguf/tiny-q-f32.gguf"
+fi
 if [ -f "$OUT/.done" ]; then echo "make_fixtures: already built in $OUT"; exit 0; fi
 mkdir -p "$OUT"
-TOK=$SHARED/tokenizers/tokenizer.model.v1
 $PY "$F/gen_mixtral.py" --preset tiny --out "$OUT/hf/tiny" --tokenizer "$TOK"
 $PY "$F/gen_mixtral.py" --preset tiny-dense --out "$OUT/hf/tiny-dense" --tokenizer "$TOK"
 # Extra shapes for this project's own tests (no llama.cpp reference; checked against a

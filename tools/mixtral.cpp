@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "cli_common.h"
+#include "quantize_files.h"
 #include "core/error.h"
 #include "engine/session.h"
 #include "model/export_gguf.h"
@@ -19,6 +20,7 @@
 #include "sample/sampler.h"
 #include "text/chat.h"
 #include "text/tokenizer.h"
+
 
 using namespace mixtral;
 using namespace mixtral::cli;
@@ -194,6 +196,7 @@ int cmd_info(std::string model_path, const std::string& preset, int64_t experts_
   if (model_path.empty()) fail("info", "give -m MODEL or --preset NAME");
   LoadOptions o;
   if (experts_per_token > 0) o.experts_per_token = experts_per_token;
+  print_gguf_file_summary(model_path);  // before loading: also for files this engine cannot run
   const auto model = Model::load(model_path, o);
   std::cout << "model:            " << model_path << " (" << model->format() << ")\n";
   print_config(model->config());
@@ -203,7 +206,10 @@ int cmd_info(std::string model_path, const std::string& preset, int64_t experts_
   return 0;
 }
 
-int cmd_quantize(const std::string& in, const std::string& out, const std::string& type, bool per_expert) {
+int cmd_quantize(const std::string& in, const std::string& out, const std::string& type, bool per_expert,
+                 const std::string& imatrix, int threads) {
+  if (!per_expert && llama_quantize({in, out, type, imatrix, threads})) return 0;
+  if (!imatrix.empty()) fail("--imatrix", "not with --per-expert");
   ExportOptions o;
   std::string t = type;
   for (char& ch : t) ch = char(std::tolower(static_cast<unsigned char>(ch)));
@@ -212,7 +218,8 @@ int cmd_quantize(const std::string& in, const std::string& out, const std::strin
     o.k_quant_mix = true;
   } else {
     const auto d = dtype_from_name(t);
-    if (!d) fail("--type", "unknown type \"" + type + "\" (f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m, q6_k)");
+    if (!d)
+      fail("--type", "\"" + type + "\" is unknown: f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m, q6_k (or another tensor type); from an F32/F16/BF16 GGUF also llama.cpp's file types (" + llama_file_type_names() + ")");
     o.type = *d;
   }
   o.per_expert_layout = per_expert;
@@ -293,14 +300,20 @@ int main(int argc, char** argv) {
 
   // quantize and convert are one conversion; convert is its common use (HF -> GGUF, F16 by default).
   struct ConvertFlags {
-    std::string in, out, type;
+    std::string in, out, type, imatrix;
     bool per_expert = false;
+    int threads = 0;
   };
   auto add_conversion = [&](const char* name, const char* help, ConvertFlags& f) {
     auto* cmd = app.add_subcommand(name, help);
     cmd->add_option("input", f.in, "Hugging Face directory or .gguf file")->required();
     cmd->add_option("output", f.out, "the .gguf file to write")->required();
-    cmd->add_option("--type", f.type, "f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with Q6_K for attn_v/ffn_down/output), q6_k");
+    cmd->add_option("--type", f.type,
+                    "f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with Q6_K for attn_v/ffn_down/output), q6_k; from an "
+                    "F32/F16/BF16 GGUF: llama.cpp's file types, as llama-quantize makes them (case-insensitive: " +
+                        llama_file_type_names() + ")");
+    cmd->add_option("--imatrix", f.imatrix, "llama.cpp importance matrix (.imatrix) for llama.cpp file types; IQ1_S, IQ1_M, IQ2_S, IQ2_XXS, IQ2_XS need one");
+    cmd->add_option("-t,--threads", f.threads, "threads for llama.cpp file types (default: all cores; the file does not depend on it)");
     cmd->add_flag("--per-expert", f.per_expert, "one tensor per expert (the early Mixtral GGUF layout)");
     return cmd;
   };
@@ -328,8 +341,8 @@ int main(int argc, char** argv) {
     if (*tokenize) return cmd_tokenize(tmf, tpf, no_bos, pieces);
     if (*logits) return cmd_logits(lmf, lpf, out_path);
     if (*info) return cmd_info(info_model, preset, info_k);
-    if (*quantize) return cmd_quantize(qf.in, qf.out, qf.type, qf.per_expert);
-    if (*convert) return cmd_quantize(cf.in, cf.out, cf.type, cf.per_expert);
+    if (*quantize) return cmd_quantize(qf.in, qf.out, qf.type, qf.per_expert, qf.imatrix, qf.threads);
+    if (*convert) return cmd_quantize(cf.in, cf.out, cf.type, cf.per_expert, cf.imatrix, cf.threads);
     for (auto& [sub, run] : commands)
       if (*sub) return run();
   } catch (const Error& e) {
