@@ -424,26 +424,26 @@ Q8Kernels unpacked(std::integer_sequence<int, NT...> nt) {
 }
 
 // In kInt8Types' order.
-template <template <class, int> class K, class Q, int TG>
+template <template <class, int> class K, class Q, class Un, int TG>
 std::vector<Q8Kernels> make_table() {
   const auto nt = std::make_integer_sequence<int, TG>{};
   return {make_kernels<K, Q8_0Policy>(Q::pack_q8_0, Q::tiles_q8_0, nt),
           make_kernels<K, Q4_0Policy>(Q::pack_q4_0, Q::tiles_q4_0, nt),
           make_kernels<K, Q4_KPolicy>(Q::pack_q4_K, Q::tiles_q4_K, nt),
           make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, Q::tiles_q6_K, nt),
-          unpacked<K, UnpackQ4_1>(nt),
-          unpacked<K, UnpackQ5_0>(nt),
-          unpacked<K, UnpackQ5_1>(nt),
-          unpacked<K, UnpackQ2_K>(nt),
-          unpacked<K, UnpackQ3_K>(nt),
-          unpacked<K, UnpackQ5_K>(nt),
-          unpacked<K, UnpackIQ4_NL>(nt),
-          unpacked<K, UnpackIQ4_XS>(nt)};
+          unpacked<K, typename Un::Q4_1>(nt),
+          unpacked<K, typename Un::Q5_0>(nt),
+          unpacked<K, typename Un::Q5_1>(nt),
+          unpacked<K, typename Un::Q2_K>(nt),
+          unpacked<K, typename Un::Q3_K>(nt),
+          unpacked<K, typename Un::Q5_K>(nt),
+          unpacked<K, typename Un::IQ4_NL>(nt),
+          unpacked<K, typename Un::IQ4_XS>(nt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
-const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Avx512Quants, 8>();
-const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Quants, 4>();
+const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Avx512Quants, avx512::Unpackers, 8>();
+const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Quants, avx2::Unpackers, 4>();
 
 bool has_avx512_vnni() {
   static const bool yes = [] {

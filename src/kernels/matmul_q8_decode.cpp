@@ -395,10 +395,10 @@ DecodeFn pick(const DecodeTable (&vnni512)[kNumInt8Types], const DecodeTable (&a
   return (vnni ? vnni512 : avx2)[type][size_t(n_tokens - 1)];
 }
 // The decode tables of the unpacker types, in kInt8Types' order (after the first four).
-#define MIXTRAL_Q8_UNPACKED(D)                                                                            \
-  decode_fns<D, UnpackQ4_1>(nt), decode_fns<D, UnpackQ5_0>(nt), decode_fns<D, UnpackQ5_1>(nt),           \
-      decode_fns<D, UnpackQ2_K>(nt), decode_fns<D, UnpackQ3_K>(nt), decode_fns<D, UnpackQ5_K>(nt),       \
-      decode_fns<D, UnpackIQ4_NL>(nt), decode_fns<D, UnpackIQ4_XS>(nt)
+#define MIXTRAL_Q8_UNPACKED(D, U)                                                                   \
+  decode_fns<D, U::Q4_1>(nt), decode_fns<D, U::Q5_0>(nt), decode_fns<D, U::Q5_1>(nt),              \
+      decode_fns<D, U::Q2_K>(nt), decode_fns<D, U::Q3_K>(nt), decode_fns<D, U::Q5_K>(nt),          \
+      decode_fns<D, U::IQ4_NL>(nt), decode_fns<D, U::IQ4_XS>(nt)
 }  // namespace
 
 DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {
@@ -406,10 +406,10 @@ DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {
   static const DecodeTable kVnni512[] = {
       decode_fns<Vnni512Decode, Q8_0Policy>(nt), decode_fns<Vnni512Decode, Q4_0Policy>(nt),
       decode_fns<Vnni512Decode, Q4_KPolicy>(nt), {} /* Q6_K: the packed path */,
-      MIXTRAL_Q8_UNPACKED(Vnni512UnpackDecode)};
+      MIXTRAL_Q8_UNPACKED(Vnni512UnpackDecode, avx512::Unpackers)};
   static const DecodeTable kAvx2[] = {
       decode_fns<Avx2Decode, Q8_0Policy>(nt), decode_fns<Avx2Decode, Q4_0Policy>(nt),
-      decode_fns<Avx2Decode, Q4_KPolicy>(nt), {} /* Q6_K */, MIXTRAL_Q8_UNPACKED(Avx2UnpackDecode)};
+      decode_fns<Avx2Decode, Q4_KPolicy>(nt), {} /* Q6_K */, MIXTRAL_Q8_UNPACKED(Avx2UnpackDecode, avx2::Unpackers)};
   return pick(kVnni512, kAvx2, t, n_tokens, vnni);
 }
 
