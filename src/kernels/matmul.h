@@ -2,7 +2,7 @@
 //
 // Three paths, each with one fixed summation order per output, so y is bitwise the same for any
 // thread count, any n_tokens (one token at a time == a batch), and every SIMD level:
-//   - quantized weights (Q8_0, Q4_0, Q4_K, Q6_K): x is rounded to int8 blocks of 32 values and
+//   - quantized weights (Q8_0, Q4_0, Q4_K, Q6_K and the others of matmul_q8.h): x is rounded to int8 blocks of 32 values and
 //     each block's products are summed exactly in integers, as llama.cpp does; the per-block
 //     float terms are then added in increasing block order (the contract in matmul_q8.h). The
 //     result differs from the float path by the rounding of x (about 1e-2 relative), the same

@@ -53,6 +53,7 @@
 #include "kernels/dequant.h"
 #include "kernels/kernel_util.h"
 #include "kernels/matmul_q8_blocks.h"
+#include "kernels/matmul_q8_unpack.h"
 #include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
 
@@ -373,18 +374,7 @@ struct Vnni512 {
     __m512 f[NT];
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) f[t] = _mm512_loadu_ps(acc + t * kRows);
-    for (int64_t j = 0; j < nb; ++j) {
-      const Packed& p = pw[j];
-      __m512i w[8];
-#pragma GCC unroll 8
-      for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(&p.q[k][0][0]);
-      const __m512 s0 = P::kHalfScale ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.d16)))
-                                      : _mm512_load_ps(p.s0);
-      const __m512 s1 = P::kMin ? _mm512_load_ps(p.s1) : _mm512_setzero_ps();
-      const __m512i i0 = P::kHalves ? _mm512_load_si512(p.i0) : _mm512_setzero_si512();
-      const __m512i i1 = P::kHalves ? _mm512_load_si512(p.i1) : _mm512_setzero_si512();
-      vnni_block<P, NT>(w, s0, s1, i0, i1, xb + j * xs, f);
-    }
+    for (int64_t j = 0; j < nb; ++j) vnni_packed<P, NT>(pw[j], xb + j * xs, f);
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(acc + t * kRows, f[t]);
   }
@@ -400,19 +390,8 @@ struct Avx2 {
     __m256 f[NT][2];
     for (int t = 0; t < NT; ++t)
       for (int h = 0; h < 2; ++h) f[t][h] = _mm256_loadu_ps(acc + t * kRows + 8 * h);
-    for (int64_t j = 0; j < nb; ++j) {
-      const Packed& p = pw[j];
-      for (int h = 0; h < 2; ++h) {
-        __m256i w[8];
-        for (int k = 0; k < 8; ++k) w[k] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&p.q[k][8 * h][0]));
-        const __m256 s0 = P::kHalfScale ? _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p.d16 + 8 * h)))
-                                        : _mm256_load_ps(p.s0 + 8 * h);
-        const __m256 s1 = P::kMin ? _mm256_load_ps(p.s1 + 8 * h) : _mm256_setzero_ps();
-        const __m256i i0 = P::kHalves ? _mm256_load_si256(reinterpret_cast<const __m256i*>(p.i0 + 8 * h)) : _mm256_setzero_si256();
-        const __m256i i1 = P::kHalves ? _mm256_load_si256(reinterpret_cast<const __m256i*>(p.i1 + 8 * h)) : _mm256_setzero_si256();
-        avx2_block<P, NT>(w, s0, s1, i0, i1, xb + j * xs, f, h);
-      }
-    }
+    for (int64_t j = 0; j < nb; ++j)
+      for (int h = 0; h < 2; ++h) avx2_packed<P, NT>(pw[j], xb + j * xs, f, h);
     for (int t = 0; t < NT; ++t)
       for (int h = 0; h < 2; ++h) _mm256_storeu_ps(acc + t * kRows + 8 * h, f[t][h]);
   }
@@ -432,29 +411,39 @@ Q8Kernels make_kernels(PackFn pack, PackTilesFn pack_tiles, std::integer_sequenc
   return Q8Kernels{int(sizeof...(NT)), pack, pack_tiles, {&K<P, NT + 1>::run...}};
 }
 
-enum Q8Type { kQ8_0, kQ4_0, kQ4_K, kQ6_K, kNumQ8Types };
-int q8_type(DType t) {
-  switch (t) {
-    case DType::Q8_0: return kQ8_0;
-    case DType::Q4_0: return kQ4_0;
-    case DType::Q4_K: return kQ4_K;
-    case DType::Q6_K: return kQ6_K;
-    default: return -1;
-  }
+// The packed path of a type fed by an unpacker (matmul_q8_unpack.h): blocks [b0, b0 + nb).
+template <class U>
+void pack_blocks(const uint8_t* const* rows, int64_t b0, int64_t nb, Packed* out) {
+  for (int64_t j = 0; j < nb; j += U::kBlocks, out += U::kBlocks)
+    U::unpack(rows, size_t((b0 + j) / U::kBlocks) * sizeof(typename U::Block), out);
 }
 
-template <template <class, int> class K, class Q, int TG>
+template <template <class, int> class K, class U, int... NT>
+Q8Kernels unpacked(std::integer_sequence<int, NT...> nt) {
+  return make_kernels<K, typename U::Policy>(pack_blocks<U>, nullptr, nt);  // (no tiles)
+}
+
+// In kInt8Types' order.
+template <template <class, int> class K, class Q, class Un, int TG>
 std::vector<Q8Kernels> make_table() {
   const auto nt = std::make_integer_sequence<int, TG>{};
   return {make_kernels<K, Q8_0Policy>(Q::pack_q8_0, Q::tiles_q8_0, nt),
           make_kernels<K, Q4_0Policy>(Q::pack_q4_0, Q::tiles_q4_0, nt),
           make_kernels<K, Q4_KPolicy>(Q::pack_q4_K, Q::tiles_q4_K, nt),
-          make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, Q::tiles_q6_K, nt)};
+          make_kernels<K, Q6_KPolicy>(Q::pack_q6_K, Q::tiles_q6_K, nt),
+          unpacked<K, typename Un::Q4_1>(nt),
+          unpacked<K, typename Un::Q5_0>(nt),
+          unpacked<K, typename Un::Q5_1>(nt),
+          unpacked<K, typename Un::Q2_K>(nt),
+          unpacked<K, typename Un::Q3_K>(nt),
+          unpacked<K, typename Un::Q5_K>(nt),
+          unpacked<K, typename Un::IQ4_NL>(nt),
+          unpacked<K, typename Un::IQ4_XS>(nt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
-const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Avx512Quants, 8>();
-const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Quants, 4>();
+const std::vector<Q8Kernels> kVnni512 = make_table<Vnni512, Avx512Quants, avx512::Unpackers, 8>();
+const std::vector<Q8Kernels> kAvx2 = make_table<Avx2, Avx2Quants, avx2::Unpackers, 4>();
 
 bool has_avx512_vnni() {
   static const bool yes = [] {
@@ -466,7 +455,7 @@ bool has_avx512_vnni() {
 
 bool use_vnni() { return simd_level() >= SimdLevel::AVX512 && has_avx512_vnni(); }
 
-const Q8Kernels& kernels_for(DType t) { return (use_vnni() ? kVnni512 : kAvx2)[size_t(q8_type(t))]; }
+const Q8Kernels& kernels_for(DType t) { return (use_vnni() ? kVnni512 : kAvx2)[size_t(int8_type_index(t))]; }
 
 // ================================ driver ========================================================
 
@@ -561,7 +550,7 @@ void check_cols(const char* where, int64_t K) {
 
 }  // namespace
 
-bool int8_activation_dtype(DType t) { return q8_type(t) >= 0; }
+bool int8_activation_dtype(DType t) { return int8_type_index(t) >= 0; }
 
 void quantize_activations(const float* x, int64_t n_tokens, int64_t K, XBlock* xb) {
   check_cols("quantize_activations", K);
@@ -606,6 +595,87 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y, Thre
 }
 
 namespace ref {
+namespace {
+
+// Block b (32 columns) of a row of one of the unpacker types: I, M, dw and the min term of the
+// contract (matmul_q8.h), straight from the block layouts.
+void ref_block(DType t, const uint8_t* row, int64_t b, const XBlock& xq, int32_t& I, int32_t& M, float& dw,
+               float& min_term) {
+  const int s = int(b % 8);  // a K-type's 32-column block in its super-block
+  auto nibble = [](const uint8_t* qs, int i) { return i < 16 ? qs[i] & 0xF : qs[i - 16] >> 4; };
+  switch (t) {
+    case DType::Q4_1: case DType::Q5_1: case DType::Q5_0: {
+      const uint8_t* blk = row + size_t(b) * dtype_info(t).block_bytes;
+      const uint8_t* qs = blk + (t == DType::Q4_1 ? offsetof(BlockQ4_1, qs) : t == DType::Q5_1 ? offsetof(BlockQ5_1, qs)
+                                                                                              : offsetof(BlockQ5_0, qs));
+      uint32_t qh = 0;
+      if (t != DType::Q4_1) std::memcpy(&qh, blk + (t == DType::Q5_1 ? offsetof(BlockQ5_1, qh) : offsetof(BlockQ5_0, qh)), 4);
+      for (int i = 0; i < 32; ++i) {
+        const int q = nibble(qs, i) | int((qh >> i) & 1) << 4;
+        I += (t == DType::Q5_0 ? q - 16 : q) * xq.qs[i];
+      }
+      dw = fp16_at(blk);
+      if (t != DType::Q5_0) min_term = fp16_at(blk + 2);
+      break;
+    }
+    case DType::IQ4_NL: {
+      const auto& blk = reinterpret_cast<const BlockIQ4_NL*>(row)[b];
+      for (int i = 0; i < 32; ++i) I += kIQ4NLValues[nibble(blk.qs, i)] * xq.qs[i];
+      dw = fp16_at(row + size_t(b) * sizeof(BlockIQ4_NL));
+      break;
+    }
+    case DType::IQ4_XS: {
+      const auto& blk = reinterpret_cast<const BlockIQ4_XS*>(row)[b / 8];
+      for (int i = 0; i < 32; ++i) I += kIQ4NLValues[nibble(blk.qs + 16 * s, i)] * xq.qs[i];
+      I *= iq4_xs_scale(s, blk) - 32;
+      dw = fp16_at(reinterpret_cast<const uint8_t*>(&blk));
+      break;
+    }
+    case DType::Q2_K: {  // block s = 4j + l
+      const auto& blk = reinterpret_cast<const BlockQ2_K*>(row)[b / 8];
+      const int j = s / 4, l = s % 4;
+      int32_t half[2] = {0, 0};
+      for (int i = 0; i < 32; ++i) half[i / 16] += ((blk.qs[32 * j + i] >> (2 * l)) & 3) * xq.qs[i];
+      const int sc0 = blk.scales[2 * s], sc1 = blk.scales[2 * s + 1];
+      I = (sc0 & 0xF) * half[0] + (sc1 & 0xF) * half[1];
+      M = (sc0 >> 4) * xq.sum_lo + (sc1 >> 4) * (xq.sum - xq.sum_lo);
+      const uint8_t* p = reinterpret_cast<const uint8_t*>(&blk);
+      dw = fp16_at(p + offsetof(BlockQ2_K, d));
+      min_term = -fp16_at(p + offsetof(BlockQ2_K, dmin));
+      break;
+    }
+    case DType::Q3_K: {
+      const auto& blk = reinterpret_cast<const BlockQ3_K*>(row)[b / 8];
+      const int j = s / 4, l = s % 4;
+      int32_t half[2] = {0, 0};
+      for (int i = 0; i < 32; ++i) {
+        const int low2 = (blk.qs[32 * j + i] >> (2 * l)) & 3;
+        const int q = (blk.hmask[i] >> s) & 1 ? low2 : low2 - 4;
+        half[i / 16] += q * xq.qs[i];
+      }
+      I = (q3_K_scale(2 * s, blk.scales) - 32) * half[0] + (q3_K_scale(2 * s + 1, blk.scales) - 32) * half[1];
+      dw = fp16_at(reinterpret_cast<const uint8_t*>(&blk) + offsetof(BlockQ3_K, d));
+      break;
+    }
+    case DType::Q5_K: {  // sub-block s = 2g + p
+      const auto& blk = reinterpret_cast<const BlockQ5_K*>(row)[b / 8];
+      const int g = s / 2, p = s % 2;
+      for (int i = 0; i < 32; ++i) {
+        const int q = ((blk.qs[32 * g + i] >> (4 * p)) & 0xF) | ((blk.qh[i] >> s) & 1) << 4;
+        I += q * xq.qs[i];
+      }
+      uint8_t sc, m;
+      q4k_scale_min(s, blk.scales, &sc, &m);
+      const uint8_t* bp = reinterpret_cast<const uint8_t*>(&blk);
+      dw = fp16_at(bp) * float(sc);
+      min_term = -(fp16_at(bp + 2) * float(m));
+      break;
+    }
+    default: break;
+  }
+}
+
+}  // namespace
 
 void quantize_activations(const float* x, int64_t n_tokens, int64_t K, XBlock* xb) {
   check_cols("ref::quantize_activations", K);
@@ -626,7 +696,7 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y) {
       float acc = 0.0f;
       for (int64_t b = 0; b < nb; ++b) {
         const XBlock& xq = xb[size_t(b * n_tokens + t)];
-        int32_t I = 0;
+        int32_t I = 0, M = 0;  // M: Q2_K's integer min term
         float dw = 0.0f, min_term = 0.0f;
         switch (W.dtype) {
           case DType::Q8_0: {
@@ -670,10 +740,18 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y) {
             dw = half_at(blk.d);
             break;
           }
-          default: break;
+          default:
+            ref_block(W.dtype, row, b, xq, I, M, dw, min_term);
+            break;
         }
         acc = std::fma(float(I), dw * xq.d, acc);
-        if (W.dtype == DType::Q4_K) acc = std::fma(min_term, xq.dsum, acc);
+        switch (W.dtype) {
+          case DType::Q4_K: case DType::Q5_K: case DType::Q4_1: case DType::Q5_1:
+            acc = std::fma(min_term, xq.dsum, acc);
+            break;
+          case DType::Q2_K: acc = std::fma(float(M), min_term * xq.d, acc); break;
+          default: break;
+        }
       }
       y[t * N + r] = acc;
     }

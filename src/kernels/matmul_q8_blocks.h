@@ -58,8 +58,10 @@ struct Packed {
   int32_t i1[kRows];       // Q6_K: scale of values 16..31
   uint16_t d16[kRows];     // Q8_0, Q4_0, Q6_K: dw = d, still fp16 (the kernel widens 16 at once)
   uint16_t pad[kRows];
+  int32_t m0[kRows];       // Q2_K: min of values 0..15
+  int32_t m1[kRows];       // Q2_K: min of values 16..31
 };
-static_assert(sizeof(Packed) == 832, "Packed is 832 bytes (13 cache lines)");
+static_assert(sizeof(Packed) == 960, "Packed is 960 bytes (15 cache lines)");
 
 inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 inline __m256i load2x128(const uint8_t* lo, const uint8_t* hi) {
@@ -417,6 +419,22 @@ struct Avx512TileLoaders {
 
 MIXTRAL_Q8_END
 
+// ================================ the int8 types ================================================
+
+// Every dtype with an int8 path, in the order of the kernel tables (matmul_q8.cpp and
+// matmul_q8_decode.cpp): the four with their own packers and in-place kernels, then those fed by
+// an unpacker (matmul_q8_unpack.h).
+inline constexpr DType kInt8Types[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K,
+                                       DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q2_K,
+                                       DType::Q3_K, DType::Q5_K, DType::IQ4_NL, DType::IQ4_XS};
+constexpr int kNumInt8Types = int(sizeof kInt8Types / sizeof kInt8Types[0]);
+// Index of t in kInt8Types; -1 when t has no int8 path.
+constexpr int int8_type_index(DType t) {
+  for (int i = 0; i < kNumInt8Types; ++i)
+    if (kInt8Types[i] == t) return i;
+  return -1;
+}
+
 // ================================ decode: shared =================================================
 
 using DecodeFn = void (*)(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1);
@@ -463,6 +481,39 @@ struct Q6_KPolicy {
   static int32_t corr_hi(const XBlock& x) { return -32 * (x.sum - x.sum_lo); }
   static constexpr bool kSigned = false, kHalves = true, kMin = false, kHalfScale = true;
 };
+// The other types (their unpackers: matmul_q8_unpack.h). kMinHalves: Q2_K's integer min term
+// M = m0·X_lo + m1·X_hi, added as fma(float(M), s1 * dx, acc) with s1 = -dmin.
+struct Q4_1Policy {  // Q4_1 / Q5_1: unsigned q, min term fma(m, dx·X)
+  static int32_t corr_lo(const XBlock&) { return 0; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = false, kHalves = false, kMin = true, kHalfScale = true;
+};
+struct Q5_0Policy {
+  static int32_t corr_lo(const XBlock& x) { return -16 * x.sum; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = false, kHalves = false, kMin = false, kHalfScale = true;
+};
+struct Q2_KPolicy {
+  static int32_t corr_lo(const XBlock&) { return 0; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = false, kHalves = true, kMin = false, kHalfScale = true, kMinHalves = true;
+};
+struct Q3_KPolicy {
+  static int32_t corr_lo(const XBlock& x) { return -4 * x.sum_lo; }
+  static int32_t corr_hi(const XBlock& x) { return -4 * (x.sum - x.sum_lo); }
+  static constexpr bool kSigned = false, kHalves = true, kMin = false, kHalfScale = true;
+};
+struct IQ4_XSPolicy {  // signed values (+128 on AVX-512) with an integer scale per block: the
+                       // offset has to come back per half, since each half is scaled
+  static int32_t corr_lo(const XBlock& x) { return -128 * x.sum_lo; }
+  static int32_t corr_hi(const XBlock& x) { return -128 * (x.sum - x.sum_lo); }
+  static constexpr bool kSigned = true, kHalves = true, kMin = false, kHalfScale = true;
+};
+template <class P>
+constexpr bool min_halves() {
+  if constexpr (requires { P::kMinHalves; }) return P::kMinHalves;
+  else return false;
+}
 
 // ---- AVX-512 VNNI: one zmm = 16 rows ----
 
@@ -473,7 +524,8 @@ MIXTRAL_Q8_BEGIN_AVX512_VNNI
 // scales; x[t] = token t's XBlock of this block.
 template <class P, int NT>
 inline void vnni_block(const __m512i w[8], __m512 s0, __m512 s1, __m512i i0, __m512i i1,
-                       const XBlock* x, __m512 f[]) {
+                       const XBlock* x, __m512 f[], __m512i m0 = _mm512_setzero_si512(),
+                       __m512i m1 = _mm512_setzero_si512()) {
 #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) {
     const XBlock& xt = x[t];
@@ -490,7 +542,28 @@ inline void vnni_block(const __m512i w[8], __m512 s0, __m512 s1, __m512i i0, __m
       I = _mm512_add_epi32(lo, hi);
     f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(s0, _mm512_set1_ps(xt.d)), f[t]);
     if constexpr (P::kMin) f[t] = _mm512_fmadd_ps(s1, _mm512_set1_ps(xt.dsum), f[t]);
+    if constexpr (min_halves<P>()) {
+      const __m512i M = _mm512_add_epi32(_mm512_mullo_epi32(m0, _mm512_set1_epi32(xt.sum_lo)),
+                                         _mm512_mullo_epi32(m1, _mm512_set1_epi32(xt.sum - xt.sum_lo)));
+      f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(M), _mm512_mul_ps(s1, _mm512_set1_ps(xt.d)), f[t]);
+    }
   }
+}
+
+// vnni_block on one Packed block (its fields as P reads them).
+template <class P, int NT>
+[[gnu::always_inline]] inline void vnni_packed(const Packed& p, const XBlock* x, __m512 f[]) {
+  __m512i w[8];
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; ++k) w[k] = _mm512_load_si512(&p.q[k][0][0]);
+  const __m512 s0 = P::kHalfScale ? _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p.d16)))
+                                  : _mm512_load_ps(p.s0);
+  const __m512 s1 = P::kMin || min_halves<P>() ? _mm512_load_ps(p.s1) : _mm512_setzero_ps();
+  const __m512i i0 = P::kHalves ? _mm512_load_si512(p.i0) : _mm512_setzero_si512();
+  const __m512i i1 = P::kHalves ? _mm512_load_si512(p.i1) : _mm512_setzero_si512();
+  const __m512i m0 = min_halves<P>() ? _mm512_load_si512(p.m0) : _mm512_setzero_si512();
+  const __m512i m1 = min_halves<P>() ? _mm512_load_si512(p.m1) : _mm512_setzero_si512();
+  vnni_block<P, NT>(w, s0, s1, i0, i1, x, f, m0, m1);
 }
 
 MIXTRAL_Q8_END
@@ -507,7 +580,8 @@ inline __m256i dot4(__m256i u, __m256i s) {
 // arguments as vnni_block's.
 template <class P, int NT>
 inline void avx2_block(const __m256i w_in[8], __m256 s0, __m256 s1, __m256i i0, __m256i i1,
-                       const XBlock* x, __m256 (*f)[2], int h) {
+                       const XBlock* x, __m256 (*f)[2], int h, __m256i m0 = _mm256_setzero_si256(),
+                       __m256i m1 = _mm256_setzero_si256()) {
   __m256i w[8];
   for (int k = 0; k < 8; ++k) {
     w[k] = w_in[k];
@@ -539,7 +613,27 @@ inline void avx2_block(const __m256i w_in[8], __m256 s0, __m256 s1, __m256i i0, 
       I = _mm256_add_epi32(lo, hi);
     f[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(s0, _mm256_set1_ps(xt.d)), f[t][h]);
     if constexpr (P::kMin) f[t][h] = _mm256_fmadd_ps(s1, _mm256_set1_ps(xt.dsum), f[t][h]);
+    if constexpr (min_halves<P>()) {
+      const __m256i M = _mm256_add_epi32(_mm256_mullo_epi32(m0, _mm256_set1_epi32(xt.sum_lo)),
+                                         _mm256_mullo_epi32(m1, _mm256_set1_epi32(xt.sum - xt.sum_lo)));
+      f[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(M), _mm256_mul_ps(s1, _mm256_set1_ps(xt.d)), f[t][h]);
+    }
   }
+}
+
+// avx2_block on rows 8h .. 8h+8 of one Packed block.
+template <class P, int NT>
+[[gnu::always_inline]] inline void avx2_packed(const Packed& p, const XBlock* x, __m256 (*f)[2], int h) {
+  auto ldi = [](const void* a) { return _mm256_load_si256(static_cast<const __m256i*>(a)); };
+  __m256i w[8];
+  for (int k = 0; k < 8; ++k) w[k] = ldi(&p.q[k][8 * h][0]);
+  const __m256 s0 = P::kHalfScale ? _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p.d16 + 8 * h)))
+                                  : _mm256_load_ps(p.s0 + 8 * h);
+  const __m256 s1 = P::kMin || min_halves<P>() ? _mm256_load_ps(p.s1 + 8 * h) : _mm256_setzero_ps();
+  const __m256i z = _mm256_setzero_si256();
+  const __m256i i0 = P::kHalves ? ldi(p.i0 + 8 * h) : z, i1 = P::kHalves ? ldi(p.i1 + 8 * h) : z;
+  const __m256i m0 = min_halves<P>() ? ldi(p.m0 + 8 * h) : z, m1 = min_halves<P>() ? ldi(p.m1 + 8 * h) : z;
+  avx2_block<P, NT>(w, s0, s1, i0, i1, x, f, h, m0, m1);
 }
 
 // The decode kernel for n_tokens (1..kDecodeMaxTokens) tokens of dtype t (an

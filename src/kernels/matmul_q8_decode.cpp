@@ -36,6 +36,7 @@
 #include <utility>
 
 #include "kernels/matmul_q8_blocks.h"
+#include "kernels/matmul_q8_unpack.h"
 
 namespace mixtral::q8 {
 namespace {
@@ -177,6 +178,36 @@ struct Vnni512TileDecode {
   }
 };
 
+// Decode for a type fed by an unpacker (matmul_q8_unpack.h): per dtype block, the 16 rows
+// unpacked into a Packed buffer (L1), then the same per-block step as the packed path.
+template <class U, int NT>
+struct Vnni512UnpackDecode {
+  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    using P = typename U::Policy;
+    constexpr size_t bytes = sizeof(typename U::Block);
+    const int64_t N = W.rows, nb = W.cols / 32;
+    const size_t rb = W.row_bytes();
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, r1 - g));
+      const uint8_t* rows[kRows];
+      group_rows(W, g, nr, rows);
+      __m512 f[NT];
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) f[t] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < nb; j += U::kBlocks) {
+        const size_t off = size_t(j / U::kBlocks) * bytes;
+        prefetch_next_group(rows[0], rb, off, bytes);
+        alignas(64) Packed buf[U::kBlocks];
+        U::unpack(rows, off, buf);
+        for (int b = 0; b < U::kBlocks; ++b) vnni_packed<P, NT>(buf[b], xb + (j + b) * NT, f);
+      }
+      const __mmask16 m = __mmask16((1u << nr) - 1);
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * N + g, m, f[t]);
+    }
+  }
+};
+
 MIXTRAL_Q8_END
 
 // ---- AVX2: two ymm (rows 0-7, 8-15) ----
@@ -305,13 +336,46 @@ struct Avx2TileDecode {
   }
 };
 
+// Decode on AVX2 for a type fed by an unpacker: as Vnni512UnpackDecode.
+template <class U, int NT>
+struct Avx2UnpackDecode {
+  static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    using P = typename U::Policy;
+    constexpr size_t bytes = sizeof(typename U::Block);
+    const int64_t N = W.rows, nb = W.cols / 32;
+    const size_t rb = W.row_bytes();
+    for (int64_t g = r0; g < r1; g += kRows) {
+      const int nr = int(std::min<int64_t>(kRows, r1 - g));
+      const uint8_t* rows[kRows];
+      group_rows(W, g, nr, rows);
+      __m256 f[NT][2];
+      for (int t = 0; t < NT; ++t) f[t][0] = f[t][1] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < nb; j += U::kBlocks) {
+        const size_t off = size_t(j / U::kBlocks) * bytes;
+        prefetch_next_group(rows[0], rb, off, bytes);
+        alignas(64) Packed buf[U::kBlocks];
+        U::unpack(rows, off, buf);
+        for (int b = 0; b < U::kBlocks; ++b)
+          for (int h = 0; h < 2; ++h) avx2_packed<P, NT>(buf[b], xb + (j + b) * NT, f, h);
+      }
+      for (int t = 0; t < NT; ++t) {
+        float out[kRows];
+        _mm256_storeu_ps(out, f[t][0]);
+        _mm256_storeu_ps(out + 8, f[t][1]);
+        std::memcpy(y + t * N + g, out, sizeof(float) * size_t(nr));
+      }
+    }
+  }
+};
+
 // ---- tables ----
 
 // AVX2 stops at kAvx2DecodeMaxTokens (null entries: the packed path).
 template <template <class, int> class D, class P, int N>
 constexpr DecodeFn decode_fn() {
   if constexpr (N > kAvx2DecodeMaxTokens &&
-                (std::is_same_v<D<P, N>, Avx2Decode<P, N>> || std::is_same_v<D<P, N>, Avx2TileDecode<P, N>>))
+                (std::is_same_v<D<P, N>, Avx2Decode<P, N>> || std::is_same_v<D<P, N>, Avx2TileDecode<P, N>> ||
+                 std::is_same_v<D<P, N>, Avx2UnpackDecode<P, N>>))
     return nullptr;
   else return &D<P, N>::run;
 }
@@ -323,41 +387,39 @@ constexpr std::array<DecodeFn, kDecodeMaxTokens> decode_fns(std::integer_sequenc
 }  // namespace
 
 namespace {
-// Index of t in the tables below (-1: no int8 path), and the entry for n_tokens.
-int decode_type(DType t) {
-  switch (t) {
-    case DType::Q8_0: return 0;
-    case DType::Q4_0: return 1;
-    case DType::Q4_K: return 2;
-    case DType::Q6_K: return 3;
-    default: return -1;
-  }
-}
 using DecodeTable = std::array<DecodeFn, kDecodeMaxTokens>;
-DecodeFn pick(const DecodeTable (&vnni512)[4], const DecodeTable (&avx2)[4], DType t, int n_tokens, bool vnni) {
-  const int type = decode_type(t);
+DecodeFn pick(const DecodeTable (&vnni512)[kNumInt8Types], const DecodeTable (&avx2)[kNumInt8Types], DType t,
+              int n_tokens, bool vnni) {
+  const int type = int8_type_index(t);
   if (type < 0 || n_tokens < 1 || n_tokens > kDecodeMaxTokens) return nullptr;
   return (vnni ? vnni512 : avx2)[type][size_t(n_tokens - 1)];
 }
+// The decode tables of the unpacker types, in kInt8Types' order (after the first four).
+#define MIXTRAL_Q8_UNPACKED(D, U)                                                                   \
+  decode_fns<D, U::Q4_1>(nt), decode_fns<D, U::Q5_0>(nt), decode_fns<D, U::Q5_1>(nt),              \
+      decode_fns<D, U::Q2_K>(nt), decode_fns<D, U::Q3_K>(nt), decode_fns<D, U::Q5_K>(nt),          \
+      decode_fns<D, U::IQ4_NL>(nt), decode_fns<D, U::IQ4_XS>(nt)
 }  // namespace
 
 DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {
   constexpr auto nt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
   static const DecodeTable kVnni512[] = {
       decode_fns<Vnni512Decode, Q8_0Policy>(nt), decode_fns<Vnni512Decode, Q4_0Policy>(nt),
-      decode_fns<Vnni512Decode, Q4_KPolicy>(nt), {} /* Q6_K: the packed path */};
+      decode_fns<Vnni512Decode, Q4_KPolicy>(nt), {} /* Q6_K: the packed path */,
+      MIXTRAL_Q8_UNPACKED(Vnni512UnpackDecode, avx512::Unpackers)};
   static const DecodeTable kAvx2[] = {
       decode_fns<Avx2Decode, Q8_0Policy>(nt), decode_fns<Avx2Decode, Q4_0Policy>(nt),
-      decode_fns<Avx2Decode, Q4_KPolicy>(nt), {} /* Q6_K */};
+      decode_fns<Avx2Decode, Q4_KPolicy>(nt), {} /* Q6_K */, MIXTRAL_Q8_UNPACKED(Avx2UnpackDecode, avx2::Unpackers)};
   return pick(kVnni512, kAvx2, t, n_tokens, vnni);
 }
 
+// (The unpacker types have no tiles: their entries stay null.)
 DecodeFn decode_tiles_kernel(DType t, int n_tokens, bool vnni) {
   constexpr auto nt = std::make_integer_sequence<int, kDecodeMaxTokens>{};
-  static const DecodeTable kVnni512[] = {
+  static const DecodeTable kVnni512[kNumInt8Types] = {
       decode_fns<Vnni512TileDecode, Q8_0Policy>(nt), decode_fns<Vnni512TileDecode, Q4_0Policy>(nt),
       decode_fns<Vnni512TileDecode, Q4_KPolicy>(nt), decode_fns<Vnni512TileDecode, Q6_KPolicy>(nt)};
-  static const DecodeTable kAvx2[] = {
+  static const DecodeTable kAvx2[kNumInt8Types] = {
       decode_fns<Avx2TileDecode, Q8_0Policy>(nt), decode_fns<Avx2TileDecode, Q4_0Policy>(nt),
       decode_fns<Avx2TileDecode, Q4_KPolicy>(nt), decode_fns<Avx2TileDecode, Q6_KPolicy>(nt)};
   return pick(kVnni512, kAvx2, t, n_tokens, vnni);

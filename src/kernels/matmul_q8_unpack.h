@@ -1,0 +1,159 @@
+// Internal to src/kernels: the one piece a weight type adds to the int8-activation path, its
+// unpacker. An unpacker U turns the 16 rows' dtype block at byte offset `off` into U::kBlocks
+// Packed blocks (matmul_q8_blocks.h): the quants in Packed::q as the unsigned operand of the
+// byte products (0..2^bits-1, or signed values + 128 for a kSigned policy), and the per-row
+// scale fields that U::Policy tells the per-block steps to read (d16 / s0, s1, i0 / i1, m0 / m1).
+// The packed prefill path calls U::unpack for each chunk (pack_blocks); the decode kernels for
+// these types (matmul_q8_decode.cpp, UnpackDecode) call it per dtype block into a Packed buffer
+// in L1 and feed the same per-block steps (vnni_packed / avx2_packed), so decode and prefill
+// are the same chain of blocks, whatever the ISA.
+//
+// Each unpacker is written once (matmul_q8_unpack.inc) over a vector type V and compiled per ISA:
+// q8::avx2 (Avx2Vec: 8 rows per pass, two passes) and q8::avx512 (Avx512Vec: the 16 rows in one
+// pass); the Packed bytes are the same either way. They work on the rows' bytes transposed by
+// dwords (V::rows32 / rows16): every operation after the transpose is byte-local (shift then
+// mask), so dword k of row r holds that row's values 4k .. 4k+3 in order, as Packed::q wants.
+//
+// IQ4_NL / IQ4_XS map their nibbles through kIQ4NLValues (defined here; the IQ types' own
+// table file lives with their dequantizers).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "core/dtype.h"
+#include "core/fp16.h"
+#include "kernels/matmul_q8_blocks.h"
+#include "quant/blocks.h"
+
+namespace mixtral::q8 {
+
+// ggml's kvalues_iq4nl (ggml-quants.c at c392e509), transcribed by script; the test checks its
+// sum (-94) and order.
+inline constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
+
+// ---- scalar pieces shared with ref::matmul_q8 ----
+
+// Q3_K's 6-bit scale j (0..15), without its -32: low 4 bits in scales[j % 8] (nibble j / 8),
+// high 2 bits in scales[8 + j % 4] (bits 2(j / 4) ..).
+inline int q3_K_scale(int j, const uint8_t* scales) {
+  const int lo = (scales[j % 8] >> (4 * (j / 8))) & 0xF;
+  const int hi = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+  return lo | (hi << 4);
+}
+// IQ4_XS's 6-bit scale of sub-block ib (0..7), without its -32.
+inline int iq4_xs_scale(int ib, const BlockIQ4_XS& b) {
+  return ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((b.scales_h >> (2 * ib)) & 3) << 4);
+}
+inline float fp16_at(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return f16_to_f32(v);
+}
+
+// ---- ISA-free pieces ----
+
+// The fp16 at o of each of the 16 rows as floats, negated when neg.
+inline void floats16(const uint8_t* const* rows, size_t o, bool neg, float* out) {
+  alignas(32) uint16_t h16[kRows];
+  gather_d16(rows, o, h16);
+  for (int h = 0; h < 2; ++h) {
+    __m256 v = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h16 + 8 * h)));
+    if (neg) v = _mm256_xor_ps(v, _mm256_set1_ps(-0.0f));
+    _mm256_storeu_ps(out + 8 * h, v);
+  }
+}
+
+// ---- the vector types ----
+
+// AVX2: rows 8h .. 8h+8 per pass.
+struct Avx2Vec {
+  using R = __m256i;
+  static constexpr int kPasses = 2;
+  // v[k] = dword k of the 32 bytes at o of each row.
+  static void rows32(const uint8_t* const* rows, size_t o, int h, R v[8]) {
+    for (int i = 0; i < 8; ++i) v[i] = load256(rows[8 * h + i] + o);
+    transpose8x8(v);
+  }
+  // z[k] = dword k of the 16 bytes at o of each row.
+  static void rows16(const uint8_t* const* rows, size_t o, int h, R z[4]) {
+    const uint8_t* const* rr = rows + 8 * h;
+    for (int g = 0; g < 4; ++g) z[g] = load2x128(rr[g] + o, rr[4 + g] + o);
+    transpose4x4_lanes(z);
+  }
+  // The dword at o of each row.
+  static R dwords(const uint8_t* const* rows, size_t o, int h) {
+    alignas(32) int32_t v[8];
+    for (int i = 0; i < 8; ++i) std::memcpy(&v[i], rows[8 * h + i] + o, 4);
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(v));
+  }
+  static R and_(R a, R b) { return _mm256_and_si256(a, b); }
+  static R or_(R a, R b) { return _mm256_or_si256(a, b); }
+  static R srli16(R a, int n) { return _mm256_srli_epi16(a, n); }
+  static R slli16(R a, int n) { return _mm256_slli_epi16(a, n); }
+  static R srli32(R a, int n) { return _mm256_srli_epi32(a, n); }
+  static R slli32(R a, int n) { return _mm256_slli_epi32(a, n); }
+  static R sub32(R a, R b) { return _mm256_sub_epi32(a, b); }
+  static R set8(int8_t c) { return _mm256_set1_epi8(char(c)); }
+  static R set32(int32_t c) { return _mm256_set1_epi32(c); }
+  static R bcast128(const void* p) { return _mm256_broadcastsi128_si256(_mm_loadu_si128(static_cast<const __m128i*>(p))); }
+  static R shuffle8(R table, R idx) { return _mm256_shuffle_epi8(table, idx); }
+  static R xor_(R a, R b) { return _mm256_xor_si256(a, b); }
+  // val where the bytes of a and b are equal, else 0.
+  static R select_eq(R a, R b, int8_t val) { return _mm256_and_si256(_mm256_cmpeq_epi8(a, b), set8(val)); }
+  static void store(Packed* out, int k, int h, R v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
+  }
+  static void storei(int32_t* p, int h, R v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 8 * h), v); }
+};
+
+MIXTRAL_Q8_BEGIN_AVX512
+
+// AVX-512: the 16 rows in one pass (h = 0).
+struct Avx512Vec {
+  using R = __m512i;
+  static constexpr int kPasses = 1;
+  static void rows32(const uint8_t* const* rows, size_t o, int, R v[8]) { Avx512Loaders::rows16x32(rows, o, v); }
+  static void rows16(const uint8_t* const* rows, size_t o, int, R z[4]) { Avx512Loaders::rows16x16(rows, o, z); }
+  static R dwords(const uint8_t* const* rows, size_t o, int) {
+    alignas(64) int32_t v[16];
+    for (int i = 0; i < 16; ++i) std::memcpy(&v[i], rows[i] + o, 4);
+    return _mm512_load_si512(v);
+  }
+  static R and_(R a, R b) { return _mm512_and_si512(a, b); }
+  static R or_(R a, R b) { return _mm512_or_si512(a, b); }
+  static R srli16(R a, int n) { return _mm512_srli_epi16(a, unsigned(n)); }
+  static R slli16(R a, int n) { return _mm512_slli_epi16(a, unsigned(n)); }
+  static R srli32(R a, int n) { return _mm512_srli_epi32(a, unsigned(n)); }
+  static R slli32(R a, int n) { return _mm512_slli_epi32(a, unsigned(n)); }
+  static R sub32(R a, R b) { return _mm512_sub_epi32(a, b); }
+  static R set8(int8_t c) { return _mm512_set1_epi8(char(c)); }
+  static R set32(int32_t c) { return _mm512_set1_epi32(c); }
+  static R bcast128(const void* p) { return _mm512_broadcast_i32x4(_mm_loadu_si128(static_cast<const __m128i*>(p))); }
+  static R shuffle8(R table, R idx) { return _mm512_shuffle_epi8(table, idx); }
+  static R xor_(R a, R b) { return _mm512_xor_si512(a, b); }
+  static R select_eq(R a, R b, int8_t val) { return _mm512_maskz_mov_epi8(_mm512_cmpeq_epi8_mask(a, b), set8(val)); }
+  static void store(Packed* out, int k, int, R v) { _mm512_store_si512(&out->q[k][0][0], v); }
+  static void storei(int32_t* p, int, R v) { _mm512_store_si512(p, v); }
+};
+
+MIXTRAL_Q8_END
+
+// ---- the unpackers, per ISA ----
+
+namespace avx2 {
+using V = Avx2Vec;
+#include "kernels/matmul_q8_unpack.inc"
+}  // namespace avx2
+
+MIXTRAL_Q8_BEGIN_AVX512
+namespace avx512 {
+using V = Avx512Vec;
+#include "kernels/matmul_q8_unpack.inc"
+}  // namespace avx512
+MIXTRAL_Q8_END
+
+}  // namespace mixtral::q8
