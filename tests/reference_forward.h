@@ -6,11 +6,13 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <vector>
 
 #include "core/fp16.h"
 #include "kernels/dequant.h"
+#include "model/activation_observer.h"
 #include "model/model.h"
 
 namespace mixtral::testing {
@@ -58,8 +60,13 @@ inline void rope(Vec& x, int64_t n_heads, int64_t hd, int64_t pos, double theta,
     }
 }
 
+// Sees the input of every matrix product, one token at a time (token t, then the input); for the
+// experts only the chosen ones (the imatrix tests compare the engine's ActivationObserver to it).
+using RefTap = std::function<void(int64_t layer, MatmulInput which, int32_t expert, int64_t t, const Vec& x)>;
+
 // Logits [n][vocab] for every position of `tokens`, as float64.
-inline std::vector<Vec> reference_forward(const Model& model, const std::vector<int32_t>& tokens) {
+inline std::vector<Vec> reference_forward(const Model& model, const std::vector<int32_t>& tokens,
+                                          const RefTap& tap = {}) {
   const Config& c = model.config();
   const Weights& W = model.weights();
   const int64_t n = int64_t(tokens.size()), hd = c.head_dim;
@@ -70,6 +77,7 @@ inline std::vector<Vec> reference_forward(const Model& model, const std::vector<
     std::vector<Vec> q(static_cast<size_t>(n)), k(static_cast<size_t>(n)), v(static_cast<size_t>(n));
     for (int64_t t = 0; t < n; ++t) {
       const Vec h = rmsnorm(x[t], L.attn_norm, c.norm_eps);
+      if (tap) tap(l, MatmulInput::AttnQKV, -1, t, h);
       q[t] = linear(L.wq, h);
       k[t] = linear(L.wk, h);
       v[t] = linear(L.wv, h);
@@ -93,6 +101,7 @@ inline std::vector<Vec> reference_forward(const Model& model, const std::vector<
         for (int64_t j = 0; j <= t; ++j)
           for (int64_t i = 0; i < hd; ++i) att[h * hd + i] += s[j] / z * v[j][kvh * hd + i];
       }
+      if (tap) tap(l, MatmulInput::AttnOutput, -1, t, att);
       const Vec o = linear(L.wo, att);
       for (int64_t i = 0; i < c.dim; ++i) x[t][i] += o[i];
     }
@@ -102,6 +111,7 @@ inline std::vector<Vec> reference_forward(const Model& model, const std::vector<
       Vec p(size_t(E), 1.0);
       std::vector<int64_t> chosen{0};
       if (c.is_moe()) {
+        if (tap) tap(l, MatmulInput::Router, -1, t, h);
         p = linear(L.router, h);  // softmax over all experts
         const double m = *std::max_element(p.begin(), p.end());
         double z = 0;
@@ -117,8 +127,10 @@ inline std::vector<Vec> reference_forward(const Model& model, const std::vector<
       }
       for (int64_t e : chosen) {
         const ExpertWeights& X = L.experts[e];
+        if (tap) tap(l, MatmulInput::ExpertGateUp, int32_t(e), t, h);
         Vec g = linear(X.w1, h), u = linear(X.w3, h);
         for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+        if (tap) tap(l, MatmulInput::ExpertDown, int32_t(e), t, g);
         const Vec d = linear(X.w2, g);
         for (int64_t i = 0; i < c.dim; ++i) x[t][i] += p[e] * d[i];
       }

@@ -242,6 +242,7 @@ void add_train_command(CLI::App& app, Commands& commands);
 void add_routes_command(CLI::App& app, Commands& commands);
 void add_perplexity_command(CLI::App& app, Commands& commands);
 void add_make_model_command(CLI::App& app, Commands& commands);
+void add_imatrix_command(CLI::App& app, Commands& commands);
 }  // namespace mixtral::cli
 
 int main(int argc, char** argv) {
@@ -329,6 +330,7 @@ int main(int argc, char** argv) {
   add_routes_command(app, commands);
   add_perplexity_command(app, commands);
   add_make_model_command(app, commands);
+  add_imatrix_command(app, commands);
 
   try {
     app.parse(argc, argv);

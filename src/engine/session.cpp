@@ -34,7 +34,7 @@ const std::vector<float>& Session::eval(const std::vector<int32_t>& tokens, bool
     const size_t end = std::min(tokens.size(), i + size_t(n_batch_));
     batch_.clear();
     for (size_t j = i; j < end; ++j) batch_.add(tokens[j], int32_t(n_past_ + int64_t(j)), 0, all_logits || j + 1 == tokens.size());
-    forward(model_, batch_, kv_, state_, pool_, observer_);
+    forward(model_, batch_, kv_, state_, pool_, observer_, activations_);
     const int64_t n_out = batch_.n_logits();
     out_.insert(out_.end(), state_.logits.begin(), state_.logits.begin() + n_out * vocab);
   }

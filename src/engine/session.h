@@ -31,6 +31,7 @@ class Session {
   // Drops the positions from n onward (the cache keeps them but they are overwritten).
   void truncate(int64_t n) { n_past_ = std::min(n_past_, n); }
   void set_observer(RoutingObserver* o) { observer_ = o; }
+  void set_activation_observer(ActivationObserver* o) { activations_ = o; }
   const Model& model() const { return model_; }
   ThreadPool& pool() { return pool_; }
 
@@ -45,6 +46,7 @@ class Session {
   int64_t n_past_ = 0;
   std::vector<float> out_;
   RoutingObserver* observer_ = nullptr;
+  ActivationObserver* activations_ = nullptr;
 };
 
 }  // namespace mixtral

@@ -115,8 +115,9 @@ struct CacheLayer final : KVSource {
 // Grouped-query causal attention of every token of the batch over its own sequence.
 //   in: s.xn [T][dim]   out: s.proj [T][dim]
 void attention(const Config& c, const LayerWeights& L, int64_t layer, const Batch& b, KVCache& kv, State& s,
-               ThreadPool& pool) {
+               ThreadPool& pool, ActivationObserver* acts) {
   const int64_t T = b.size(), hd = c.head_dim, q_dim = c.q_dim(), kv_dim = c.kv_dim();
+  if (acts) acts->on_matmul_input(layer, MatmulInput::AttnQKV, -1, s.xn.data(), T, c.dim);
   matmul(L.wq, s.xn.data(), T, s.q.data(), pool);  // [T][q_dim]
   matmul(L.wk, s.xn.data(), T, s.k.data(), pool);  // [T][kv_dim]
   matmul(L.wv, s.xn.data(), T, s.v.data(), pool);  // [T][kv_dim]
@@ -140,6 +141,7 @@ void attention(const Config& c, const LayerWeights& L, int64_t layer, const Batc
   }
   const CacheLayer source(kv, layer);
   mixtral::attention(attention_shape(c), s.runs.data(), int64_t(s.runs.size()), source, s.attn, pool);
+  if (acts) acts->on_matmul_input(layer, MatmulInput::AttnOutput, -1, s.q.data(), T, q_dim);
   matmul(L.wo, s.q.data(), T, s.proj.data(), pool);  // [T][dim]
 }
 
@@ -176,12 +178,13 @@ void hint_experts(const Config& c, const LayerWeights& target, int64_t target_la
 // the experts run in the order they become available.
 //   in: s.xn [T][dim]   out: s.proj [T][dim]
 void moe(const Config& c, const LayerWeights& L, const LayerWeights* next, int64_t layer, const Batch& b, State& s,
-         ThreadPool& pool, RoutingObserver* observer, ExpertCache* cache) {
+         ThreadPool& pool, RoutingObserver* observer, ActivationObserver* acts, ExpertCache* cache) {
   const int64_t T = b.size(), dim = c.dim, ffn = c.ffn_dim;
   const int64_t E = c.is_moe() ? c.n_experts : 1, k = c.is_moe() ? c.n_experts_used : 1;
 
   // 1. Route.  router_logits: [T][E]; route_expert, route_weight: [T][k]
   if (c.is_moe()) {
+    if (acts) acts->on_matmul_input(layer, MatmulInput::Router, -1, s.xn.data(), T, dim);
     matmul(L.router, s.xn.data(), T, s.router_logits.data(), pool);
     route_top_k(s.router_logits.data(), T, E, k, s.route_expert.data(), s.route_weight.data());
     if (observer)
@@ -219,11 +222,13 @@ void moe(const Config& c, const LayerWeights& L, const LayerWeights* next, int64
     const ExpertWeights& X = cache ? cache->acquire(layer, e) : L.experts[e];
     for (int64_t first = s.expert_begin[e]; first < s.expert_begin[e + 1]; first += kExpertRows) {
       const int64_t n = std::min(kExpertRows, s.expert_begin[e + 1] - first);
+      if (acts) acts->on_matmul_input(layer, MatmulInput::ExpertGateUp, e, &s.ex_in[first * dim], n, dim);
       matmul(X.w1, &s.ex_in[first * dim], n, s.ex_h1.data(), pool);  // [n][ffn]
       matmul(X.w3, &s.ex_in[first * dim], n, s.ex_h3.data(), pool);  // [n][ffn]
       pool.parallel_for(n, [&](int64_t i0, int64_t i1) {
         ops::silu_mul(&s.ex_h1[i0 * ffn], &s.ex_h3[i0 * ffn], (i1 - i0) * ffn);
       });
+      if (acts) acts->on_matmul_input(layer, MatmulInput::ExpertDown, e, s.ex_h1.data(), n, ffn);
       matmul(X.w2, s.ex_h1.data(), n, &s.ex_out[first * dim], pool);  // [n][dim]
     }
     if (cache) cache->release(layer, e);
@@ -241,11 +246,13 @@ void moe(const Config& c, const LayerWeights& L, const LayerWeights* next, int64
 
 }  // namespace
 
-void forward(const Model& model, const Batch& b, KVCache& kv, State& s, ThreadPool& pool, RoutingObserver* observer) {
+void forward(const Model& model, const Batch& b, KVCache& kv, State& s, ThreadPool& pool, RoutingObserver* observer,
+             ActivationObserver* activations) {
   const Config& c = model.config();
   const Weights& w = model.weights();
   check_batch(c, b, kv, s);
   const int64_t T = b.size(), dim = c.dim;
+  if (activations) activations->on_forward(T);
 
   // Embedding lookup.  x: [T][dim]  (single rows: Model::load never tiles token_embd)
   if (w.token_embd.layout != Layout::Rows) fail("forward", "internal: the embedding matrix is tiled");
@@ -263,10 +270,10 @@ void forward(const Model& model, const Batch& b, KVCache& kv, State& s, ThreadPo
     const LayerWeights& L = w.layers[l];
     const LayerWeights* next = l + 1 < c.n_layers ? &w.layers[l + 1] : nullptr;
     rmsnorm_rows(s.x.data(), L.attn_norm, s.xn.data(), T, dim, c.norm_eps, pool);
-    attention(c, L, l, b, kv, s, pool);
+    attention(c, L, l, b, kv, s, pool, activations);
     add_rows(s.x.data(), s.proj.data(), T * dim);  // h = x + attention(norm(x))
     rmsnorm_rows(s.x.data(), L.ffn_norm, s.xn.data(), T, dim, c.norm_eps, pool);
-    moe(c, L, next, l, b, s, pool, observer, cache);
+    moe(c, L, next, l, b, s, pool, observer, activations, cache);
     add_rows(s.x.data(), s.proj.data(), T * dim);  // out = h + moe(norm(h))
   }
 

@@ -12,6 +12,7 @@
 
 #include "core/thread_pool.h"
 #include "kernels/attention.h"
+#include "model/activation_observer.h"
 #include "model/batch.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -79,8 +80,9 @@ uint64_t runtime_bytes_estimate(const Config& c, int64_t max_tokens, int64_t kv_
 // Runs the batch through the model, writing K/V of every token into `kv` and the logits of
 // the tokens marked in batch.logits into state.logits (in batch order). Tokens of one sequence
 // must have consecutive positions whose earlier positions are already in the cache or earlier
-// in the batch. Throws Error for a token id, position or sequence out of range.
+// in the batch. Throws Error for a token id, position or sequence out of range. The observers
+// (either may be null) see the routing decisions and the inputs of the matrix products.
 void forward(const Model& model, const Batch& batch, KVCache& kv, State& state, ThreadPool& pool,
-             RoutingObserver* observer = nullptr);
+             RoutingObserver* observer = nullptr, ActivationObserver* activations = nullptr);
 
 }  // namespace mixtral
