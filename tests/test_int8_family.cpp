@@ -97,21 +97,6 @@ TEST(Int8Family, RoutedToTheInt8Path) {
     EXPECT_FALSE(int8_activation_dtype(t)) << dtype_name(t);
 }
 
-// The IQ4_NL codebook, transcribed from ggml-quants.c: its known sum and shape.
-TEST(Int8Family, IQ4NLTable) {
-  int sum = 0;
-  for (int i = 0; i < 16; ++i) {
-    sum += q8::kIQ4NLValues[i];
-    if (i) {
-      EXPECT_LT(q8::kIQ4NLValues[i - 1], q8::kIQ4NLValues[i]);
-    }
-  }
-  EXPECT_EQ(sum, -94);
-  EXPECT_EQ(q8::kIQ4NLValues[0], -127);
-  EXPECT_EQ(q8::kIQ4NLValues[15], 113);
-  EXPECT_EQ(q8::kIQ4NLValues[8], 1);
-}
-
 TEST(Int8Family, FastPathBitExactWithReference) {
   ThreadPool p1(1), p2(2);
   for (DType t : kFamily) {

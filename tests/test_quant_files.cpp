@@ -139,8 +139,16 @@ RowDiff compare_row(const float* logits, int64_t n_vocab, const Top40& ref) {
 
 // QUANTS.md's quantized-file bars (README section 4): per prompt top-40 relative L2 <= 3e-2,
 // per row <= 0.15, |dlse| <= 1e-3, argmax agreement >= 0.8; teacher-forced greedy ids equal
-// wherever llama.cpp's top-2 gap is >= 0.05.
-void expect_logits_match(const Model& model, const TinyQRefs& refs) {
+// wherever llama.cpp's top-2 gap is >= 0.05, but for one step per prompt: QUANTS.md section 5's
+// bar for an engine whose activations are not rounded exactly as llama.cpp's (ours are int8 per
+// 32 values for every type; ggml's are Q8_K per 256 for the K and IQ types, Q8_1 with an fp16
+// sum for Q4_1 / Q5_1), where it measured flips at gaps up to 0.14.
+//
+// float_bars: QUANTS.md section 5's bars for an engine with float activations (|dlse| <= 5e-3;
+// per row <= 0.15 but for 1% of a prompt's rows, every row <= 0.5), for the IQ file types: most
+// of their tensor types multiply through float activations here, and QUANTS.md's float64
+// forward on these very files deviates by as much (IQ1_S: worst row 0.307, |dlse| 2.4e-3).
+void expect_logits_match(const Model& model, const TinyQRefs& refs, bool float_bars) {
   const int64_t V = model.config().vocab_size;
   for (const RefPrompt& p : refs.prompts) {
     SCOPED_TRACE(p.name);
@@ -148,23 +156,36 @@ void expect_logits_match(const Model& model, const TinyQRefs& refs) {
     Session s(model, {512, 512, 2});
     const std::vector<float> logits = s.eval(p.tokens, true);
     double sq_diff = 0, sq_ref = 0, worst_row = 0, worst_lse = 0;
-    int64_t argmax_ok = 0;
+    int64_t argmax_ok = 0, rows_over = 0;
     for (int64_t pos = 0; pos < n; ++pos) {
       const RowDiff d = compare_row(&logits[size_t(pos * V)], V, refs.top40[size_t(p.row_offset + pos)]);
       sq_diff += d.sq_diff, sq_ref += d.sq_ref;
       worst_row = std::max(worst_row, std::sqrt(d.sq_diff / d.sq_ref));
+      rows_over += std::sqrt(d.sq_diff / d.sq_ref) > 0.15;
       worst_lse = std::max(worst_lse, d.lse_diff);
       argmax_ok += d.argmax_equal;
     }
     EXPECT_LE(std::sqrt(sq_diff / sq_ref), 3e-2);
-    EXPECT_LE(worst_row, 0.15);
-    EXPECT_LE(worst_lse, 1e-3);
+    if (float_bars) {
+      EXPECT_LE(rows_over, n / 100);
+      EXPECT_LE(worst_row, 0.5);
+      EXPECT_LE(worst_lse, 5e-3);
+    } else {
+      EXPECT_LE(worst_row, 0.15);
+      EXPECT_LE(worst_lse, 1e-3);
+    }
     EXPECT_GE(double(argmax_ok) / double(n), 0.8);
     std::vector<float> last(logits.end() - V, logits.end());
+    int misses = 0;
     for (int step = 0; step < 32; ++step) {
-      if (p.greedy_gap[size_t(step)] >= 0.05f) EXPECT_EQ(argmax(last.data(), V), p.greedy[size_t(step)]) << "step " << step;
+      if (p.greedy_gap[size_t(step)] >= 0.05f && argmax(last.data(), V) != p.greedy[size_t(step)]) {
+        ++misses;
+        std::printf("  %-8s greedy step %d: ours %d, llama.cpp %d (gap %.3f)\n", p.name.c_str(), step,
+                    argmax(last.data(), V), p.greedy[size_t(step)], p.greedy_gap[size_t(step)]);
+      }
       if (step < 31) last = s.eval({p.greedy[size_t(step)]});
     }
+    EXPECT_LE(misses, 1);
     std::printf("  %-8s rel L2 top-40 %.2e, worst row %.2e, |dlse| %.2e, argmax %lld/%lld\n", p.name.c_str(),
                 std::sqrt(sq_diff / sq_ref), worst_row, worst_lse, (long long)argmax_ok, (long long)n);
   }
@@ -200,13 +221,20 @@ TEST_P(QuantFilesByType, QuantizedFileIsLlamaCppsAndRunsLikeIt) {
   const std::string out = (std::filesystem::temp_directory_path() /
                            ("mixtral-test-" + std::to_string(::getpid()) + "-" + info["gguf"].get<std::string>())).string();
   requantize_gguf(src, out, o);
-  EXPECT_EQ(std::filesystem::file_size(out), info["gguf_bytes"].get<uint64_t>());
-  EXPECT_EQ(sha256_file(out), info["gguf_sha256"].get<std::string>());
+  if (!o.imatrix) {
+    EXPECT_EQ(std::filesystem::file_size(out), info["gguf_bytes"].get<uint64_t>());
+    EXPECT_EQ(sha256_file(out), info["gguf_sha256"].get<std::string>());
+  } else {
+    // The header holds quantize.imatrix.file as typed when the reference was made, which is
+    // not the path info.json names (see above), so neither size nor sha256 can be compared;
+    // the tensors are checked through the logits below.
+    std::printf("  (imatrix file type: sha256 not comparable, header path unknown)\n");
+  }
   {
     const GgufFile g(out);
     EXPECT_EQ(g.get_int("general.file_type"), int64_t(GetParam()));
     const auto model = Model::load(out);
-    expect_logits_match(*model, load_tiny_q_refs(dir));
+    expect_logits_match(*model, load_tiny_q_refs(dir), o.imatrix != nullptr);
   }
   std::filesystem::remove(out);
 }

@@ -620,13 +620,13 @@ void ref_block(DType t, const uint8_t* row, int64_t b, const XBlock& xq, int32_t
     }
     case DType::IQ4_NL: {
       const auto& blk = reinterpret_cast<const BlockIQ4_NL*>(row)[b];
-      for (int i = 0; i < 32; ++i) I += kIQ4NLValues[nibble(blk.qs, i)] * xq.qs[i];
+      for (int i = 0; i < 32; ++i) I += kvalues_iq4nl[nibble(blk.qs, i)] * xq.qs[i];
       dw = fp16_at(row + size_t(b) * sizeof(BlockIQ4_NL));
       break;
     }
     case DType::IQ4_XS: {
       const auto& blk = reinterpret_cast<const BlockIQ4_XS*>(row)[b / 8];
-      for (int i = 0; i < 32; ++i) I += kIQ4NLValues[nibble(blk.qs + 16 * s, i)] * xq.qs[i];
+      for (int i = 0; i < 32; ++i) I += kvalues_iq4nl[nibble(blk.qs + 16 * s, i)] * xq.qs[i];
       I *= iq4_xs_scale(s, blk) - 32;
       dw = fp16_at(reinterpret_cast<const uint8_t*>(&blk));
       break;

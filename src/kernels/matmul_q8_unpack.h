@@ -14,8 +14,7 @@
 // dwords (V::rows32 / rows16): every operation after the transpose is byte-local (shift then
 // mask), so dword k of row r holds that row's values 4k .. 4k+3 in order, as Packed::q wants.
 //
-// IQ4_NL / IQ4_XS map their nibbles through kIQ4NLValues (defined here; the IQ types' own
-// table file lives with their dequantizers).
+// IQ4_NL / IQ4_XS map their nibbles through kvalues_iq4nl (quant/iq_grids_iq4_iq3.h).
 #pragma once
 #include <immintrin.h>
 
@@ -27,13 +26,11 @@
 #include "core/fp16.h"
 #include "kernels/matmul_q8_blocks.h"
 #include "quant/blocks.h"
+#include "quant/iq_grids_iq4_iq3.h"
 
 namespace mixtral::q8 {
 
-// ggml's kvalues_iq4nl (ggml-quants.c at c392e509), transcribed by script; the test checks its
-// sum (-94) and order.
-inline constexpr int8_t kIQ4NLValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                            1,    13,   25,  38,  53,  69,  89,  113};
+using ::mixtral::kvalues_iq4nl;
 
 // ---- scalar pieces shared with ref::matmul_q8 ----
 

@@ -26,6 +26,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "quant/blocks.h"
+#include "quant/quant_search.h"
 #include "quant/iq2_iq1_neighbours.h"
 #include "quant/iq_grids_iq2_iq1.h"
 #include "quant/quantize_family.h"
@@ -41,79 +42,10 @@ constexpr float kGroupMaxEpsIq1S = 1e-12f;  // GROUP_MAX_EPS_IQ1_S
 constexpr float kGroupMaxEpsIq1M = 1e-7f;   // GROUP_MAX_EPS_IQ1_M
 constexpr int kMaxQ = 3;                    // IQ2 levels: 0..kMaxQ-1, point 2l+1
 
-// ggml's nearest_int: round to nearest even for |x| < 2^22.
-inline int nearest_int(float x) {
-  const float v = x + 12582912.f;
-  int32_t i;
-  std::memcpy(&i, &v, 4);
-  return (i & 0x007fffff) - 0x00400000;
-}
 inline float fmax_ggml(float a, float b) { return a > b ? a : b; }  // ggml's MAX (b on ties/NaN)
 inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
 inline void put_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
-
-// ggml's make_qp_quants: non-negative x to levels 0..nmax with a weighted-optimal scale.
-float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* w) {
-  float max = 0;
-  for (int i = 0; i < n; ++i) max = fmax_ggml(max, x[i]);
-  if (!max) {
-    std::memset(L, 0, size_t(n));
-    return 0.f;
-  }
-  float iscale = float(nmax) / max;
-  for (int i = 0; i < n; ++i) L[i] = uint8_t(nearest_int(iscale * x[i]));
-  const float scale = 1 / iscale;
-  float best_mse = 0;
-  for (int i = 0; i < n; ++i) {
-    const float diff = x[i] - scale * float(L[i]);
-    best_mse += w[i] * diff * diff;
-  }
-  for (int is = -4; is <= 4; ++is) {
-    if (is == 0) continue;
-    const float iscale_is = (0.1f * float(is) + float(nmax)) / max;
-    const float scale_is = 1 / iscale_is;
-    float mse = 0;
-    for (int i = 0; i < n; ++i) {
-      const int l = std::min(nmax, nearest_int(iscale_is * x[i]));
-      const float diff = x[i] - scale_is * float(l);
-      mse += w[i] * diff * diff;
-    }
-    if (mse < best_mse) {
-      best_mse = mse;
-      iscale = iscale_is;
-    }
-  }
-  float sumlx = 0, suml2 = 0;
-  for (int i = 0; i < n; ++i) {
-    const int l = std::min(nmax, nearest_int(iscale * x[i]));
-    L[i] = uint8_t(l);
-    sumlx += w[i] * x[i] * float(l);
-    suml2 += w[i] * float(l) * float(l);
-  }
-  for (int itry = 0; itry < 5; ++itry) {
-    int n_changed = 0;
-    for (int i = 0; i < n; ++i) {
-      float slx = sumlx - w[i] * x[i] * float(L[i]);
-      float sl2 = suml2 - w[i] * float(L[i]) * float(L[i]);
-      if (slx > 0 && sl2 > 0) {
-        const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
-        if (new_l != L[i]) {
-          slx += w[i] * x[i] * float(new_l);
-          sl2 += w[i] * float(new_l) * float(new_l);
-          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
-            L[i] = uint8_t(new_l);
-            sumlx = slx;
-            suml2 = sl2;
-            ++n_changed;
-          }
-        }
-      }
-    }
-    if (!n_changed) break;
-  }
-  return sumlx / suml2;
-}
 
 // ================================ IQ2: magnitudes and signs =====================================
 
