@@ -444,6 +444,8 @@ TEST(BadInput, MakeModelArguments) {
   };
   expect_clean_error(make({"--preset", "mixtral-9x9b", "--tokenizer", tok}), {"--preset", "mixtral-9x9b"});
   expect_clean_error(make({"--preset", "tiny", "--type", "q9_x", "--tokenizer", tok}), {"--type", "q9_x"});
+  // ggml's tensor types that need importance weights: refused up front, not from a worker thread.
+  expect_clean_error(make({"--preset", "tiny", "--type", "iq2_xxs", "--tokenizer", tok}), {"--type", "IQ2_XXS", "importance"});
   expect_clean_error(make({"--preset", "tiny", "--tokenizer", temp_path("no-such.model")}), {"no-such.model"});
   expect_clean_error(make({"--preset", "mistral-7b", "--experts", "4", "--tokenizer", tok}), {"--experts", "dense"});
   expect_clean_error(make({"--preset", "tiny", "--layers", "-1", "--tokenizer", tok}), {"--layers"});

@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "cli_common.h"
+#include "quant/quantize.h"
 #include "model/random_model.h"
 #include "text/sentencepiece_model.h"
 
@@ -47,7 +48,9 @@ int run_make_model(const MakeModelFlags& f) {
   c.validate("make-model");
   RandomModelOptions o;
   const auto type = dtype_from_name(f.type);
-  if (!type) fail("--type", "unknown type \"" + f.type + "\" (q4_0, q4_k, q8_0, q6_k, bf16, f16, f32)");
+  if (!type) fail("--type", "unknown type \"" + f.type + "\" (a tensor type such as q4_0, q5_k, iq4_xs, or bf16, f16, f32)");
+  if (quantize_requires_imatrix(*type))
+    fail("--type", std::string(dtype_name(*type)) + " needs an importance matrix: make an F32/F16 model, then `mixtral quantize --imatrix`");
   o.type = *type;
   o.seed = f.seed;
   o.threads = f.threads;
@@ -88,7 +91,7 @@ void add_make_model_command(CLI::App& app, Commands& commands) {
       "  mixtral make-model --preset mixtral-8x7b --type q4_0 -o mixtral-8x7b-q4_0.gguf");
   auto f = std::make_shared<MakeModelFlags>();
   cmd->add_option("--preset", f->preset, "mixtral-8x7b, mixtral-8x22b, mistral-7b, or tiny (the test fixtures' shape)")->capture_default_str();
-  cmd->add_option("--type", f->type, "weight type: q4_0, q4_k, q8_0, q6_k, bf16, f16, f32 (norms and routers stay F32)")
+  cmd->add_option("--type", f->type, "weight type: any tensor type with a quantizer (q4_0, q5_k, iq4_xs, ...; not iq2_xxs/iq2_xs/iq1_s, which need an imatrix), bf16, f16, f32 (norms and routers stay F32)")
       ->capture_default_str();
   cmd->add_option("--layers", f->layers, "layers (default: the preset's)");
   cmd->add_option("--experts", f->experts, "experts per layer (default: the preset's; top-k stays at most this)");
