@@ -2,13 +2,11 @@
 // file-type lines of `mixtral info`, on tiny-q-f32.gguf (QUANTS.md).
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cli_run.h"
 #include "reference_data.h"
 #include "sha256.h"
 #include "test_util.h"
@@ -17,39 +15,9 @@ using namespace mixtral::testing;
 
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string out, err;
-};
-
-std::string scratch(const std::string& name) {
-  static const std::string dir = [] {
-    const auto d = std::filesystem::temp_directory_path() / ("mixtral-quant-cli-" + std::to_string(::getpid()));
-    std::filesystem::create_directories(d);
-    return d.string();
-  }();
-  return dir + "/" + name;
-}
-
-struct ScratchCleanup {
-  ~ScratchCleanup() {
-    std::error_code ec;
-    std::filesystem::remove_all(std::filesystem::path(scratch("x")).parent_path(), ec);
-  }
-} cleanup;
-
-Result run(const std::vector<std::string>& args) {
-  const std::string out = scratch("stdout"), err = scratch("stderr");
-  std::string cmd = "timeout 120 '" + mixtral_bin() + "'";
-  for (const auto& a : args) cmd += " '" + a + "'";  // (no quotes in these arguments)
-  cmd += " >'" + out + "' 2>'" + err + "' </dev/null";
-  const int raw = std::system(cmd.c_str());
-  Result r;
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-  r.out = read_file(out);
-  r.err = read_file(err);
-  return r;
-}
+using Result = CliResult;
+std::string scratch(const std::string& name) { return scratch_path(name); }
+Result run(const std::vector<std::string>& args) { return run_mixtral(args, 120); }
 
 std::string ref_sha(const std::string& type) {
   return nlohmann::json::parse(read_file(shared_dir() + "/fixtures/refs/tiny-q-" + type + "/info.json"))["gguf_sha256"];

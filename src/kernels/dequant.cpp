@@ -26,12 +26,6 @@
 namespace mixtral {
 namespace {
 
-// fp16 field of a block (blocks may sit at any address: read it bytewise).
-inline float half_at(const uint16_t& h) {
-  uint16_t v;
-  std::memcpy(&v, &h, 2);
-  return f16_to_f32(v);
-}
 inline uint16_t u16_at(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);

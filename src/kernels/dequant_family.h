@@ -6,6 +6,21 @@
 #include "core/dtype.h"
 #include "kernels/dequant.h"
 
+#include <cstring>
+
+#include "core/fp16.h"
+
+namespace mixtral {
+
+// A block's fp16 field as a float (blocks may sit at any address: read it bytewise).
+inline float half_at(const uint16_t& h) {
+  uint16_t v;
+  std::memcpy(&v, &h, 2);
+  return f16_to_f32(v);
+}
+
+}  // namespace mixtral
+
 namespace mixtral::ref {
 
 DequantizeFn dequant_legacy_k(DType t);  // Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q5_K      (dequant_legacy_k.cpp)

@@ -18,11 +18,6 @@
 namespace mixtral::ref {
 namespace {
 
-inline float half_at(const uint16_t& h) {  // blocks may sit at any address
-  uint16_t v;
-  std::memcpy(&v, &h, 2);
-  return f16_to_f32(v);
-}
 
 inline uint32_t u32_at(const uint8_t* p) {
   uint32_t v;

@@ -17,11 +17,6 @@
 namespace mixtral::ref {
 namespace {
 
-inline float half_at(const uint16_t& h) {
-  uint16_t v;
-  std::memcpy(&v, &h, 2);
-  return f16_to_f32(v);
-}
 
 // The fifth bits of a Q5_0 / Q5_1 block: bit j is value j's (j < 32).
 inline uint32_t high_bits(const uint8_t qh[4]) {
