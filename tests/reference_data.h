@@ -45,13 +45,16 @@ std::vector<T> read_records(const std::string& path) {
   return out;
 }
 
-inline RefData load_refs(const std::string& dir) {
+// The prompts (prompts.json, tokens.json in prompt_dir) with llama.cpp's greedy ids and row
+// offsets for them (greedy.json, top40.json in ref_dir). The tiny-q refs keep the prompts in the
+// folder above each file type's.
+inline std::vector<RefPrompt> load_ref_prompts(const std::string& prompt_dir, const std::string& ref_dir) {
   using nlohmann::json;
-  RefData r;
-  const json prompts = json::parse(read_file(dir + "/prompts.json"));
-  const json tokens = json::parse(read_file(dir + "/tokens.json"));
-  const json greedy = json::parse(read_file(dir + "/greedy.json"));
-  const json top = json::parse(read_file(dir + "/top40.json"));
+  const json prompts = json::parse(read_file(prompt_dir + "/prompts.json"));
+  const json tokens = json::parse(read_file(prompt_dir + "/tokens.json"));
+  const json greedy = json::parse(read_file(ref_dir + "/greedy.json"));
+  const json top = json::parse(read_file(ref_dir + "/top40.json"));
+  std::vector<RefPrompt> out;
   for (size_t i = 0; i < prompts.size(); ++i) {
     RefPrompt p;
     p.name = prompts[i]["name"];
@@ -60,8 +63,14 @@ inline RefData load_refs(const std::string& dir) {
     p.row_offset = top["prompts"][i]["row_offset"];
     p.greedy = greedy[p.name]["ids"].get<std::vector<int32_t>>();
     p.greedy_gap = greedy[p.name]["top1_top2_gap"].get<std::vector<float>>();
-    r.prompts.push_back(std::move(p));
+    out.push_back(std::move(p));
   }
+  return out;
+}
+
+inline RefData load_refs(const std::string& dir) {
+  RefData r;
+  r.prompts = load_ref_prompts(dir, dir);
   r.top40 = read_records<Top40>(dir + "/top40.bin");
   r.greedy_top40 = read_records<Top40>(dir + "/greedy_top40.bin");
   r.logits_last = read_records<float>(dir + "/logits_last.f32");

@@ -98,20 +98,8 @@ struct TinyQRefs {
 };
 
 TinyQRefs load_tiny_q_refs(const std::string& dir) {
-  const std::string parent = std::filesystem::path(dir).parent_path().string();
-  const json prompts = read_json(parent + "/prompts.json"), tokens = read_json(parent + "/tokens.json");
-  const json greedy = read_json(dir + "/greedy.json"), top = read_json(dir + "/top40.json");
   TinyQRefs r;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    RefPrompt p;
-    p.name = prompts[i]["name"];
-    p.text = prompts[i]["text"];
-    p.tokens = tokens[p.name].get<std::vector<int32_t>>();
-    p.row_offset = top["prompts"][i]["row_offset"];
-    p.greedy = greedy[p.name]["ids"].get<std::vector<int32_t>>();
-    p.greedy_gap = greedy[p.name]["top1_top2_gap"].get<std::vector<float>>();
-    r.prompts.push_back(std::move(p));
-  }
+  r.prompts = load_ref_prompts(std::filesystem::path(dir).parent_path().string(), dir);
   r.top40 = read_records<Top40>(dir + "/top40.bin");
   return r;
 }
