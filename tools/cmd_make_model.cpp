@@ -30,11 +30,24 @@ std::string upper(std::string s) {
   return s;
 }
 
-// The file types make-model writes (those llama-quantize makes without an importance matrix).
+// Whether llama-quantize makes file type `ft` of a Mixtral without an importance matrix: not
+// when the file type needs one, nor when its mix puts a tensor in a type that does (IQ3_XXS and
+// IQ2_M give attn_q IQ2_S). Asked of quant_mix's rules for the tiny-q shape (no quantizer runs).
+bool without_imatrix(const FileTypeInfo& ft) {
+  if (ft.needs_imatrix) return false;
+  const Config c = random_model_preset("tiny-q").config;
+  const std::vector<TensorDesc> tensors = llama_quantize_order(random_model_tensors(c));
+  const MixModel m{int(c.n_layers), int(c.n_experts), int(c.n_heads), int(c.n_kv_heads), false};
+  for (const PlannedTensor& p : plan_quant_types(ft.id, m, tensors, std::vector<DType>(tensors.size(), DType::F32)))
+    if (tensor_needs_imatrix(ft.id, p.tensor.name, p.type)) return false;
+  return true;
+}
+
+// The file types make-model writes.
 std::string file_type_names() {
   std::string s;
   for (const FileTypeInfo& i : all_file_types())
-    if (!i.needs_imatrix) s += std::string(s.empty() ? "" : ", ") + i.name;
+    if (without_imatrix(i)) s += std::string(s.empty() ? "" : ", ") + i.name;
   return s;
 }
 
@@ -153,11 +166,13 @@ void add_make_model_command(CLI::App& app, Commands& commands) {
       "--type takes a llama.cpp file type (each tensor gets the type llama-quantize gives it for this\n"
       "shape, as `mixtral quantize` does; general.file_type is recorded):\n  " + file_type_names() + "\n"
       "or a tensor type for every matrix (also with --uniform, for a name that is both):\n  " + tensor_type_names() + "\n"
-      "File types that need an importance matrix are refused (IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, Q2_K_S;\n"
-      "on Mixtral also IQ2_M and IQ3_XXS, which put some tensors in IQ2_S). The K quantizers are ggml's\n"
-      "reference ones: much slower than Q4_0 (Q4_K: ~35x, ~1.5 h for all-Q4_K 8x7B on 2 cores).\n"
-      "Example (the offloading benchmark's model: 26.3 GB, ~2.5 min on 2 cores):\n"
-      "  mixtral make-model --preset mixtral-8x7b --type q4_0 -o mixtral-8x7b-q4_0.gguf");
+      "The others need an importance matrix (IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, Q2_K_S; on Mixtral also\n"
+      "IQ2_M and IQ3_XXS, which put attn_q in IQ2_S) and are refused. The K quantizers are ggml's reference\n"
+      "ones: much slower than Q4_0 (all-Q4_K 8x7B: ~1.5 h on 2 cores).\n"
+      "Examples (the offloading benchmark's all-Q4_0 model: 26.3 GB, ~2.5 min on 2 cores; llama-quantize's\n"
+      "Q3_K_M mix of the 8x7B shape):\n"
+      "  mixtral make-model --preset mixtral-8x7b --uniform --type q4_0 -o mixtral-8x7b-q4_0.gguf\n"
+      "  mixtral make-model --preset mixtral-8x7b --type q3_k_m -o mixtral-8x7b-q3_k_m.gguf");
   auto f = std::make_shared<MakeModelFlags>();
   cmd->add_option("--preset", f->preset, "mixtral-8x7b, mixtral-8x22b, mistral-7b, tiny (the test fixtures' shape) or tiny-q (../shared's tiny-q shape: rows of 256)")->capture_default_str();
   cmd->add_option("--type", f->type, "a llama.cpp file type (q3_k_m, q4_k_m, q5_k_s, iq4_xs, ...: llama-quantize's per-tensor mix) or a tensor type for every matrix (q5_k, bf16, ...); norms and routers stay F32")
