@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/$BUILD/mixtral
 M=$W/mixtral-8x7b-q4_0.gguf
 mkdir -p "$W"
-[ -f "$M" ] || nice "$BIN" make-model --preset mixtral-8x7b --type q4_0 -o "$M"
+[ -f "$M" ] || nice "$BIN" make-model --preset mixtral-8x7b --uniform --type q4_0 -o "$M"
 N=${N:-16}
 for b in ${BUDGETS:-8G 12G 16G 20G}; do
   echo "## budget $b (lfu, router prefetch)"

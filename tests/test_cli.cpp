@@ -446,6 +446,19 @@ TEST(BadInput, MakeModelArguments) {
   expect_clean_error(make({"--preset", "tiny", "--type", "q9_x", "--tokenizer", tok}), {"--type", "q9_x"});
   // ggml's tensor types that need importance weights: refused up front, not from a worker thread.
   expect_clean_error(make({"--preset", "tiny", "--type", "iq2_xxs", "--tokenizer", tok}), {"--type", "IQ2_XXS", "importance"});
+  // llama.cpp file types whose mix needs importance weights: the file type, or on Mixtral the
+  // first tensor it puts in such a type (IQ3_XXS: attn_q in IQ2_S); --uniform is offered where the
+  // name is also a tensor type ggml quantizes without them.
+  expect_clean_error(make({"--preset", "tiny-q", "--type", "iq1_m", "--tokenizer", tok}),
+                     {"--type", "IQ1_M", "importance", "--uniform"});
+  expect_clean_error(make({"--preset", "tiny-q", "--type", "q2_k_s", "--tokenizer", tok}), {"--type", "Q2_K_S", "importance"});
+  expect_clean_error(make({"--preset", "tiny-q", "--type", "iq3_xxs", "--tokenizer", tok}),
+                     {"--type", "IQ3_XXS", "blk.0.attn_q.weight", "IQ2_S", "importance", "--uniform"});
+  expect_clean_error(make({"--preset", "tiny-q", "--type", "iq2_m", "--tokenizer", tok}), {"--type", "IQ2_M", "IQ2_S", "importance"});
+  expect_clean_error(make({"--preset", "tiny-q", "--uniform", "--type", "q3_k_m", "--tokenizer", tok}),
+                     {"--type", "q3_k_m", "--uniform"});
+  const Result unknown = make({"--preset", "tiny", "--type", "q4_k_x", "--tokenizer", tok});
+  expect_clean_error(unknown, {"q4_k_x", "Q3_K_M", "Q5_K_S", "IQ4_XS", "Q5_K"});
   expect_clean_error(make({"--preset", "tiny", "--tokenizer", temp_path("no-such.model")}), {"no-such.model"});
   expect_clean_error(make({"--preset", "mistral-7b", "--experts", "4", "--tokenizer", tok}), {"--experts", "dense"});
   expect_clean_error(make({"--preset", "tiny", "--layers", "-1", "--tokenizer", tok}), {"--layers"});

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <vector>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "io/gguf_writer.h"
 #include "model/export_gguf.h"
+#include "model/requantize.h"
 #include "quant/quantize.h"
 
 namespace mixtral {
@@ -59,8 +61,98 @@ RandomPreset random_model_preset(const std::string& name) {
     c.validate("preset tiny");
     return {c, 0.08f};
   }
+  if (name == "tiny-q") {  // ../shared/fixtures/presets/tiny-q.json: rows of 256, so K and IQ types fit
+    Config c;
+    c.arch = "mixtral";
+    c.dim = 256; c.n_layers = 2; c.n_heads = 8; c.n_kv_heads = 4; c.head_dim = 32;
+    c.ffn_dim = 512; c.vocab_size = 32000; c.max_context = 32768; c.n_experts = 8; c.n_experts_used = 2;
+    c.rope_theta = 1e6f;
+    c.validate("preset tiny-q");
+    return {c, 0.06f};
+  }
   if (name == "mixtral-8x7b" || name == "mixtral-8x22b" || name == "mistral-7b") return {Config::preset(name), 0.02f};
-  fail("--preset", "unknown preset \"" + name + "\" (tiny, mixtral-8x7b, mixtral-8x22b, mistral-7b)");
+  fail("--preset", "unknown preset \"" + name + "\" (tiny, tiny-q, mixtral-8x7b, mixtral-8x22b, mistral-7b)");
+}
+
+namespace {
+
+// How a tensor's values are drawn (RandomModelOptions' stds).
+enum class Init { Linear, Qk, Norm, Router };
+
+struct RandomTensor {
+  std::string name;
+  std::vector<int64_t> shape;  // outermost first, as GgufWriter takes it
+  Init init;
+};
+
+// The order of export_gguf (and of llama.cpp's convert script for Mixtral).
+std::vector<RandomTensor> tensor_list(const Config& c) {
+  std::vector<RandomTensor> t;
+  auto norm = [&](const std::string& name) { t.push_back({name, {c.dim}, Init::Norm}); };
+  t.push_back({"token_embd.weight", {c.vocab_size, c.dim}, Init::Linear});
+  norm("output_norm.weight");
+  t.push_back({"output.weight", {c.vocab_size, c.dim}, Init::Linear});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    norm(p + "attn_norm.weight");
+    t.push_back({p + "attn_q.weight", {c.q_dim(), c.dim}, Init::Qk});
+    t.push_back({p + "attn_k.weight", {c.kv_dim(), c.dim}, Init::Qk});
+    t.push_back({p + "attn_v.weight", {c.kv_dim(), c.dim}, Init::Linear});
+    t.push_back({p + "attn_output.weight", {c.dim, c.q_dim()}, Init::Linear});
+    norm(p + "ffn_norm.weight");
+    if (!c.is_moe()) {
+      t.push_back({p + "ffn_gate.weight", {c.ffn_dim, c.dim}, Init::Linear});
+      t.push_back({p + "ffn_up.weight", {c.ffn_dim, c.dim}, Init::Linear});
+      t.push_back({p + "ffn_down.weight", {c.dim, c.ffn_dim}, Init::Linear});
+      continue;
+    }
+    t.push_back({p + "ffn_gate_inp.weight", {c.n_experts, c.dim}, Init::Router});
+    t.push_back({p + "ffn_gate_exps.weight", {c.n_experts, c.ffn_dim, c.dim}, Init::Linear});
+    t.push_back({p + "ffn_up_exps.weight", {c.n_experts, c.ffn_dim, c.dim}, Init::Linear});
+    t.push_back({p + "ffn_down_exps.weight", {c.n_experts, c.dim, c.ffn_dim}, Init::Linear});
+  }
+  return t;
+}
+
+constexpr const char* kImatrixHint = "make an F32/F16 model, then `mixtral quantize --imatrix`";
+
+}  // namespace
+
+std::vector<TensorDesc> random_model_tensors(const Config& c) {
+  std::vector<TensorDesc> out;
+  for (const RandomTensor& t : tensor_list(c)) out.push_back({t.name, std::vector<int64_t>(t.shape.rbegin(), t.shape.rend())});
+  return out;
+}
+
+std::vector<PlannedTensor> random_model_plan(const Config& c, FileType ft) {
+  const FileTypeInfo& info = file_type_info(ft);
+  if (info.needs_imatrix)
+    fail("--type", std::string("file type ") + info.name + " needs an importance matrix (llama-quantize refuses it without one): " + kImatrixHint);
+  MixModel m;
+  m.n_layers = int(c.n_layers);
+  m.n_experts = int(c.n_experts);
+  m.n_heads = int(c.n_heads);
+  m.n_kv_heads = int(c.n_kv_heads);
+  const std::vector<TensorDesc> tensors = random_model_tensors(c);
+  const std::vector<TensorDesc> ordered = llama_quantize_order(tensors);
+  std::map<std::string, PlannedTensor> by_name;
+  std::vector<DType> checked;
+  // In llama-quantize's order, so that the tensor named is the one it would stop at.
+  for (PlannedTensor& p : plan_quant_types(ft, m, ordered, std::vector<DType>(ordered.size(), DType::F32))) {
+    if (tensor_needs_imatrix(ft, p.tensor.name, p.type))
+      fail("--type", std::string("file type ") + info.name + " gives " + p.tensor.name + " type " + dtype_name(p.type) +
+                         ", which needs an importance matrix (llama-quantize refuses it without one): " + kImatrixHint);
+    if (std::find(checked.begin(), checked.end(), p.type) == checked.end()) {
+      if (p.type != DType::F32 && !has_quantizer(p.type, false))
+        fail("--type", std::string("file type ") + info.name + " needs " + dtype_name(p.type) + " (for " + p.tensor.name +
+                           "), which this build cannot quantize");
+      checked.push_back(p.type);
+    }
+    by_name.emplace(p.tensor.name, std::move(p));
+  }
+  std::vector<PlannedTensor> out;
+  for (const TensorDesc& t : tensors) out.push_back(by_name.at(t.name));
+  return out;
 }
 
 void make_random_gguf(const Config& c, const Vocab& vocab, const std::string& path, const RandomModelOptions& o) {
@@ -68,9 +160,13 @@ void make_random_gguf(const Config& c, const Vocab& vocab, const std::string& pa
     fail("tokenizer", "has " + std::to_string(vocab.pieces.size()) + " pieces but the model's vocabulary is " +
                           std::to_string(c.vocab_size));
   c.validate("make-model");
+  std::map<std::string, DType> planned;
+  if (o.file_type)
+    for (const PlannedTensor& p : random_model_plan(c, *o.file_type)) planned[p.tensor.name] = p.type;
   GgufWriter g;
   g.set_drop_behind(true);  // the file is bigger than RAM; the page cache holds ~2 tensors of it
   set_gguf_metadata(g, c, vocab, o.name);
+  if (o.file_type) g.set_u32("general.file_type", uint32_t(*o.file_type));
 
   ThreadPool pool(o.threads > 0 ? o.threads : ThreadPool::default_threads());
   const float std_gate = o.std_gate > 0 ? o.std_gate : float(4.0 * std::sqrt(2.0) / std::sqrt(double(c.dim)));
@@ -101,33 +197,15 @@ void make_random_gguf(const Config& c, const Vocab& vocab, const std::string& pa
       }
     });
   };
-  auto matrix = [&](const std::string& name, std::vector<int64_t> shape, float std) {
-    add(name, shape, fit_type(o.type, shape.back()), std, 0.f);
-  };
-  auto norm = [&](const std::string& name) { add(name, {c.dim}, DType::F32, o.std_norm, 1.f); };
-
-  // The order of export_gguf (and of llama.cpp's convert script for Mixtral).
-  matrix("token_embd.weight", {c.vocab_size, c.dim}, o.std_linear);
-  norm("output_norm.weight");
-  matrix("output.weight", {c.vocab_size, c.dim}, o.std_linear);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    norm(p + "attn_norm.weight");
-    matrix(p + "attn_q.weight", {c.q_dim(), c.dim}, o.std_qk);
-    matrix(p + "attn_k.weight", {c.kv_dim(), c.dim}, o.std_qk);
-    matrix(p + "attn_v.weight", {c.kv_dim(), c.dim}, o.std_linear);
-    matrix(p + "attn_output.weight", {c.dim, c.q_dim()}, o.std_linear);
-    norm(p + "ffn_norm.weight");
-    if (!c.is_moe()) {
-      matrix(p + "ffn_gate.weight", {c.ffn_dim, c.dim}, o.std_linear);
-      matrix(p + "ffn_up.weight", {c.ffn_dim, c.dim}, o.std_linear);
-      matrix(p + "ffn_down.weight", {c.dim, c.ffn_dim}, o.std_linear);
-      continue;
+  for (const RandomTensor& t : tensor_list(c)) {
+    const bool matrix = t.init == Init::Linear || t.init == Init::Qk;
+    const DType type = o.file_type ? planned.at(t.name) : matrix ? fit_type(o.type, t.shape.back()) : DType::F32;
+    switch (t.init) {
+      case Init::Linear: add(t.name, t.shape, type, o.std_linear, 0.f); break;
+      case Init::Qk: add(t.name, t.shape, type, o.std_qk, 0.f); break;
+      case Init::Norm: add(t.name, t.shape, type, o.std_norm, 1.f); break;
+      case Init::Router: add(t.name, t.shape, type, std_gate, 0.f); break;
     }
-    add(p + "ffn_gate_inp.weight", {c.n_experts, c.dim}, DType::F32, std_gate, 0.f);
-    matrix(p + "ffn_gate_exps.weight", {c.n_experts, c.ffn_dim, c.dim}, o.std_linear);
-    matrix(p + "ffn_up_exps.weight", {c.n_experts, c.ffn_dim, c.dim}, o.std_linear);
-    matrix(p + "ffn_down_exps.weight", {c.n_experts, c.dim, c.ffn_dim}, o.std_linear);
   }
   g.write(path);
 }

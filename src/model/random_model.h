@@ -18,10 +18,13 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 #include "model/config.h"
+#include "model/quant_mix.h"
 #include "text/vocab.h"
 
 namespace mixtral {
@@ -29,6 +32,9 @@ namespace mixtral {
 struct RandomModelOptions {
   DType type = DType::Q4_0;  // weight matrices (a row that does not fit its blocks falls back
                              // to Q8_0, then F16); norms and routers stay F32
+  // Instead of `type` for every matrix: the type llama-quantize gives each tensor in this file
+  // type (random_model_plan), and general.file_type recorded as `mixtral quantize` records it.
+  std::optional<FileType> file_type;
   uint64_t seed = 1;
   int threads = 0;  // 0: all cores; the output does not depend on it
   float std_linear = 0.02f;  // embeddings, v, o, experts, LM head
@@ -43,7 +49,9 @@ struct RandomModelOptions {
 // A named shape with the weight scales gen_mixtral.py gives it: "mixtral-8x7b",
 // "mixtral-8x22b", "mistral-7b" (Config::preset's shapes, std_qk 0.02 as the "slice" fixture),
 // or "tiny" (the "tiny" fixture: dim 128, ffn 256, 2 layers, 4/2 heads, 8 experts top-2,
-// vocabulary 32000, std_qk 0.08). Throws Error for an unknown name.
+// vocabulary 32000, std_qk 0.08), or "tiny-q" (../shared's tiny-q preset: dim 256, ffn 512,
+// 2 layers, 8/4 heads, 8 experts top-2, std_qk 0.06; its rows fit the 256-value K and IQ blocks).
+// Throws Error for an unknown name.
 struct RandomPreset {
   Config config;
   float std_qk;
@@ -54,6 +62,16 @@ RandomPreset random_model_preset(const std::string& name);
 // experts stacked as blk.N.ffn_{gate,up,down}_exps.weight), the tensors in export_gguf's order.
 // `vocab` must have c.vocab_size pieces.
 void make_random_gguf(const Config& c, const Vocab& vocab, const std::string& path, const RandomModelOptions& o);
+
+// The tensors make_random_gguf writes for `c`, in the file's order (ne innermost first).
+std::vector<TensorDesc> random_model_tensors(const Config& c);
+
+// The type of each tensor of random_model_tensors(c), in that order, in file type `ft`:
+// plan_quant_types' choice for a model of c's layers, experts and heads, without an importance
+// matrix. Throws Error for what llama-quantize refuses without one (a file type that needs it,
+// or a tensor of a very-low-bit type: Mixtral's IQ3_XXS puts attn_q in IQ2_S) and for a type
+// this build cannot quantize.
+std::vector<PlannedTensor> random_model_plan(const Config& c, FileType ft);
 
 // splitmix64(seed) ^ splitmix64(fnv1a64(name)): what key(tensor, row) starts from.
 uint64_t random_tensor_key(uint64_t seed, const std::string& name);
