@@ -122,10 +122,20 @@ struct Avx2Vec {
   }
   // t[r] (a u64 per row) of rows 8h .. 8h+8: lo = their low dwords, hi = their high dwords.
   static void split64(const uint64_t* t, int h, R& lo, R& hi) {
-    const __m256 a = _mm256_loadu_ps(reinterpret_cast<const float*>(t + 8 * h));
-    const __m256 b = _mm256_loadu_ps(reinterpret_cast<const float*>(t + 8 * h + 4));
-    lo = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(a, b, 0x88)), 0xD8);
-    hi = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8);
+    split64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8 * h)),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8 * h + 4)), lo, hi);
+  }
+  // The same of table[idx[r]] (idx: a dword per row).
+  static void gather64(const uint64_t* table, R idx, int, R& lo, R& hi) {
+    const auto* t = reinterpret_cast<const long long*>(table);
+    split64(_mm256_i32gather_epi64(t, _mm256_castsi256_si128(idx), 8),
+            _mm256_i32gather_epi64(t, _mm256_extracti128_si256(idx, 1), 8), lo, hi);
+  }
+  // a, b = 4 u64 each (rows 0..3, 4..7).
+  static void split64(R a, R b, R& lo, R& hi) {
+    const __m256 fa = _mm256_castsi256_ps(a), fb = _mm256_castsi256_ps(b);
+    lo = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(fa, fb, 0x88)), 0xD8);
+    hi = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(fa, fb, 0xDD)), 0xD8);
   }
 };
 
@@ -163,8 +173,13 @@ struct Avx512Vec {
   static R neg_where(R a, R s, R bits) {
     return _mm512_mask_sub_epi8(a, _mm512_cmpeq_epi8_mask(_mm512_and_si512(s, bits), bits), _mm512_setzero_si512(), a);
   }
-  static void split64(const uint64_t* t, int, R& lo, R& hi) {
-    const R a = _mm512_loadu_si512(t), b = _mm512_loadu_si512(t + 8);
+  static void split64(const uint64_t* t, int, R& lo, R& hi) { split64(_mm512_loadu_si512(t), _mm512_loadu_si512(t + 8), lo, hi); }
+  static void gather64(const uint64_t* table, R idx, int, R& lo, R& hi) {
+    const auto* t = reinterpret_cast<const long long*>(table);
+    split64(_mm512_i32gather_epi64(_mm512_castsi512_si256(idx), t, 8),
+            _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), t, 8), lo, hi);
+  }
+  static void split64(R a, R b, R& lo, R& hi) {
     lo = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
     hi = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
   }
