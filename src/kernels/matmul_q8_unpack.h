@@ -120,12 +120,8 @@ struct Avx2Vec {
     const R m = _mm256_cmpeq_epi8(_mm256_and_si256(s, bits), bits);
     return _mm256_sub_epi8(_mm256_xor_si256(a, m), m);
   }
-  // t[r] (a u64 per row) of rows 8h .. 8h+8: lo = their low dwords, hi = their high dwords.
-  static void split64(const uint64_t* t, int h, R& lo, R& hi) {
-    split64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8 * h)),
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8 * h + 4)), lo, hi);
-  }
-  // The same of table[idx[r]] (idx: a dword per row).
+  // table[idx[r]] (idx: a dword per row, rows 8h .. 8h+8): lo = their low dwords, hi = their
+  // high dwords.
   static void gather64(const uint64_t* table, R idx, int, R& lo, R& hi) {
     const auto* t = reinterpret_cast<const long long*>(table);
     split64(_mm256_i32gather_epi64(t, _mm256_castsi256_si128(idx), 8),
@@ -173,7 +169,6 @@ struct Avx512Vec {
   static R neg_where(R a, R s, R bits) {
     return _mm512_mask_sub_epi8(a, _mm512_cmpeq_epi8_mask(_mm512_and_si512(s, bits), bits), _mm512_setzero_si512(), a);
   }
-  static void split64(const uint64_t* t, int, R& lo, R& hi) { split64(_mm512_loadu_si512(t), _mm512_loadu_si512(t + 8), lo, hi); }
   static void gather64(const uint64_t* table, R idx, int, R& lo, R& hi) {
     const auto* t = reinterpret_cast<const long long*>(table);
     split64(_mm512_i32gather_epi64(_mm512_castsi512_si256(idx), t, 8),
