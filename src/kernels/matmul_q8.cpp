@@ -53,6 +53,7 @@
 #include "kernels/dequant.h"
 #include "kernels/kernel_util.h"
 #include "kernels/matmul_q8_blocks.h"
+#include "kernels/matmul_q8_ref_iq2_iq1.h"
 #include "kernels/matmul_q8_unpack.h"
 #include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
@@ -438,7 +439,12 @@ std::vector<Q8Kernels> make_table() {
           unpacked<K, typename Un::Q3_K>(nt),
           unpacked<K, typename Un::Q5_K>(nt),
           unpacked<K, typename Un::IQ4_NL>(nt),
-          unpacked<K, typename Un::IQ4_XS>(nt)};
+          unpacked<K, typename Un::IQ4_XS>(nt),
+          unpacked<K, typename Un::IQ2_XXS>(nt),
+          unpacked<K, typename Un::IQ2_XS>(nt),
+          unpacked<K, typename Un::IQ2_S>(nt),
+          unpacked<K, typename Un::IQ1_S>(nt),
+          unpacked<K, typename Un::IQ1_M>(nt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
@@ -741,7 +747,7 @@ void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y) {
             break;
           }
           default:
-            ref_block(W.dtype, row, b, xq, I, M, dw, min_term);
+            if (!iq2_iq1_block(W.dtype, row, b, xq, I, dw)) ref_block(W.dtype, row, b, xq, I, M, dw, min_term);
             break;
         }
         acc = std::fma(float(I), dw * xq.d, acc);

@@ -426,7 +426,8 @@ MIXTRAL_Q8_END
 // an unpacker (matmul_q8_unpack.h).
 inline constexpr DType kInt8Types[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K,
                                        DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q2_K,
-                                       DType::Q3_K, DType::Q5_K, DType::IQ4_NL, DType::IQ4_XS};
+                                       DType::Q3_K, DType::Q5_K, DType::IQ4_NL, DType::IQ4_XS,
+                                       DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ1_S, DType::IQ1_M};
 constexpr int kNumInt8Types = int(sizeof kInt8Types / sizeof kInt8Types[0]);
 // Index of t in kInt8Types; -1 when t has no int8 path.
 constexpr int int8_type_index(DType t) {
@@ -508,6 +509,14 @@ struct IQ4_XSPolicy {  // signed values (+128 on AVX-512) with an integer scale 
   static int32_t corr_lo(const XBlock& x) { return -128 * x.sum_lo; }
   static int32_t corr_hi(const XBlock& x) { return -128 * (x.sum - x.sum_lo); }
   static constexpr bool kSigned = true, kHalves = true, kMin = false, kHalfScale = true;
+};
+// IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M: as IQ4_XS (signed values, an integer scale per half),
+// with the float scale s0 = d / 8: the IQ2 scales are d (2 ls + 1) / 8, the IQ1 values 8 g +- 1
+// eighths.
+struct IQ2_IQ1Policy {
+  static int32_t corr_lo(const XBlock& x) { return -128 * x.sum_lo; }
+  static int32_t corr_hi(const XBlock& x) { return -128 * (x.sum - x.sum_lo); }
+  static constexpr bool kSigned = true, kHalves = true, kMin = false, kHalfScale = false;
 };
 template <class P>
 constexpr bool min_halves() {

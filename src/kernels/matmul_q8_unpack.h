@@ -26,6 +26,7 @@
 #include "core/fp16.h"
 #include "kernels/matmul_q8_blocks.h"
 #include "quant/blocks.h"
+#include "quant/iq_grids_iq2_iq1.h"
 #include "quant/iq_grids_iq4_iq3.h"
 
 namespace mixtral::q8 {
@@ -49,6 +50,12 @@ inline float fp16_at(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
   return f16_to_f32(v);
+}
+// IQ1_M's super-block scale d: the fp16 whose nibble k is the top nibble of u16 scales[k].
+inline float iq1_m_d(const uint8_t* scales) {
+  uint16_t sc[4];
+  std::memcpy(sc, scales, 8);
+  return f16_to_f32(uint16_t((sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000)));
 }
 
 // ---- ISA-free pieces ----
@@ -105,6 +112,27 @@ struct Avx2Vec {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
   }
   static void storei(int32_t* p, int h, R v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 8 * h), v); }
+  // For the IQ2 / IQ1 unpackers:
+  static R add8(R a, R b) { return _mm256_add_epi8(a, b); }
+  static R add32(R a, R b) { return _mm256_add_epi32(a, b); }
+  // a negated in the bytes where s has every bit of bits set.
+  static R neg_where(R a, R s, R bits) {
+    const R m = _mm256_cmpeq_epi8(_mm256_and_si256(s, bits), bits);
+    return _mm256_sub_epi8(_mm256_xor_si256(a, m), m);
+  }
+  // table[idx[r]] (idx: a dword per row, rows 8h .. 8h+8): lo = their low dwords, hi = their
+  // high dwords.
+  static void gather64(const uint64_t* table, R idx, int, R& lo, R& hi) {
+    const auto* t = reinterpret_cast<const long long*>(table);
+    split64(_mm256_i32gather_epi64(t, _mm256_castsi256_si128(idx), 8),
+            _mm256_i32gather_epi64(t, _mm256_extracti128_si256(idx, 1), 8), lo, hi);
+  }
+  // a, b = 4 u64 each (rows 0..3, 4..7).
+  static void split64(R a, R b, R& lo, R& hi) {
+    const __m256 fa = _mm256_castsi256_ps(a), fb = _mm256_castsi256_ps(b);
+    lo = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(fa, fb, 0x88)), 0xD8);
+    hi = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(fa, fb, 0xDD)), 0xD8);
+  }
 };
 
 MIXTRAL_Q8_BEGIN_AVX512
@@ -135,6 +163,21 @@ struct Avx512Vec {
   static R select_eq(R a, R b, int8_t val) { return _mm512_maskz_mov_epi8(_mm512_cmpeq_epi8_mask(a, b), set8(val)); }
   static void store(Packed* out, int k, int, R v) { _mm512_store_si512(&out->q[k][0][0], v); }
   static void storei(int32_t* p, int, R v) { _mm512_store_si512(p, v); }
+  // For the IQ2 / IQ1 unpackers (as Avx2Vec's):
+  static R add8(R a, R b) { return _mm512_add_epi8(a, b); }
+  static R add32(R a, R b) { return _mm512_add_epi32(a, b); }
+  static R neg_where(R a, R s, R bits) {
+    return _mm512_mask_sub_epi8(a, _mm512_cmpeq_epi8_mask(_mm512_and_si512(s, bits), bits), _mm512_setzero_si512(), a);
+  }
+  static void gather64(const uint64_t* table, R idx, int, R& lo, R& hi) {
+    const auto* t = reinterpret_cast<const long long*>(table);
+    split64(_mm512_i32gather_epi64(_mm512_castsi512_si256(idx), t, 8),
+            _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), t, 8), lo, hi);
+  }
+  static void split64(R a, R b, R& lo, R& hi) {
+    lo = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+    hi = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+  }
 };
 
 MIXTRAL_Q8_END
