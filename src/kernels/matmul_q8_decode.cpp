@@ -398,7 +398,8 @@ DecodeFn pick(const DecodeTable (&vnni512)[kNumInt8Types], const DecodeTable (&a
 #define MIXTRAL_Q8_UNPACKED(D, U)                                                                   \
   decode_fns<D, U::Q4_1>(nt), decode_fns<D, U::Q5_0>(nt), decode_fns<D, U::Q5_1>(nt),              \
       decode_fns<D, U::Q2_K>(nt), decode_fns<D, U::Q3_K>(nt), decode_fns<D, U::Q5_K>(nt),          \
-      decode_fns<D, U::IQ4_NL>(nt), decode_fns<D, U::IQ4_XS>(nt)
+      decode_fns<D, U::IQ4_NL>(nt), decode_fns<D, U::IQ4_XS>(nt),                                  \
+      decode_fns<D, U::IQ3_XXS>(nt), decode_fns<D, U::IQ3_S>(nt)
 }  // namespace
 
 DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {
