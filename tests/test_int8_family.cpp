@@ -93,7 +93,7 @@ void for_each_simd_level(F body) {
 
 TEST(Int8Family, RoutedToTheInt8Path) {
   for (DType t : kFamily) EXPECT_TRUE(int8_activation_dtype(t)) << dtype_name(t);
-  for (DType t : {DType::IQ3_XXS, DType::IQ3_S, DType::F16})
+  for (DType t : {DType::F16})
     EXPECT_FALSE(int8_activation_dtype(t)) << dtype_name(t);
 }
 

@@ -444,7 +444,9 @@ std::vector<Q8Kernels> make_table() {
           unpacked<K, typename Un::IQ2_XS>(nt),
           unpacked<K, typename Un::IQ2_S>(nt),
           unpacked<K, typename Un::IQ1_S>(nt),
-          unpacked<K, typename Un::IQ1_M>(nt)};
+          unpacked<K, typename Un::IQ1_M>(nt),
+          unpacked<K, typename Un::IQ3_XXS>(nt),
+          unpacked<K, typename Un::IQ3_S>(nt)};
 }
 
 // 8 tokens: 8 accumulators + 8 weight vectors + scales and temporaries of the 32 zmm.
@@ -675,6 +677,30 @@ void ref_block(DType t, const uint8_t* row, int64_t b, const XBlock& xq, int32_t
       const uint8_t* bp = reinterpret_cast<const uint8_t*>(&blk);
       dw = fp16_at(bp) * float(sc);
       min_term = -(fp16_at(bp + 2) * float(m));
+      break;
+    }
+    case DType::IQ3_XXS: {  // value i: grid point i / 4, sign bit i % 8 of sign byte i / 8
+      const auto& blk = reinterpret_cast<const BlockIQ3_XXS*>(row)[b / 8];
+      uint32_t aux;
+      std::memcpy(&aux, blk.qs + QK_K / 4 + 4 * s, 4);
+      for (int i = 0; i < 32; ++i) {
+        const int g = int(iq3xxs_grid[blk.qs[8 * s + i / 4]] >> (8 * (i % 4))) & 0xFF;
+        const bool neg = (iq_signs(int((aux >> (7 * (i / 8))) & 127)) >> (i % 8)) & 1;
+        I += (neg ? -g : g) * xq.qs[i];
+      }
+      dw = fp16_at(reinterpret_cast<const uint8_t*>(&blk)) * float(2 * int(aux >> 28) + 1) * 0.25f;
+      break;
+    }
+    case DType::IQ3_S: {
+      const auto& blk = reinterpret_cast<const BlockIQ3_S*>(row)[b / 8];
+      for (int i = 0; i < 32; ++i) {
+        const int gi = blk.qs[8 * s + i / 4] | ((blk.qh[s] >> (i / 4)) & 1) << 8;
+        const int g = int(iq3s_grid[gi] >> (8 * (i % 4))) & 0xFF;
+        const bool neg = (blk.signs[4 * s + i / 8] >> (i % 8)) & 1;
+        I += (neg ? -g : g) * xq.qs[i];
+      }
+      const int sc = (blk.scales[s / 2] >> (4 * (s % 2))) & 0xF;
+      dw = fp16_at(reinterpret_cast<const uint8_t*>(&blk)) * float(2 * sc + 1) * 1.0f;
       break;
     }
     default: break;

@@ -2,7 +2,8 @@
 // x is quantized to blocks of 32 int8 values with one scale each, and each block's products with
 // the weights are summed exactly in integers (vpdpbusd on AVX-512 VNNI; vpmaddubsw + vpmaddwd on
 // AVX2). matmul() routes these dtypes here: Q8_0, Q4_0, Q4_K, Q6_K, and (through one unpacker
-// each, kernels/matmul_q8_unpack.h) Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS.
+// each, kernels/matmul_q8_unpack.h) Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, IQ3_XXS,
+// IQ3_S.
 //
 // Result of one output y[t][r] (the contract: every path, scalar or SIMD, any thread count and
 // any n_tokens, computes exactly this, so the bits never depend on how the product was run):
@@ -30,6 +31,10 @@
 //          sc = the 6-bit scales (q3_K_scale) - 32: I = sc[2s]*sum_lo q*xq + sc[2s+1]*sum_hi q*xq, dw = d
 //   IQ4_NL I = sum kvalues_iq4nl[nibble]*xq            dw = d
 //   IQ4_XS I = (ls[s] - 32) * sum kvalues_iq4nl[nibble of qs[16s ..]]*xq   dw = d
+//   IQ3_XXS block s: g = ±(byte i%4 of iq3xxs_grid[qs[8s + i/4]]), signs iq_signs of the 7-bit
+//          fields of aux = the u32 at qs[64 + 4s]: I = sum g*xq, dw = d * float(2*(aux >> 28) + 1) * 0.25
+//   IQ3_S  block s: g = ±(byte i%4 of iq3s_grid[qs[8s + i/4] | (bit i/4 of qh[s]) << 8]), minus
+//          where bit i of signs[4s ..] is set: I = sum g*xq, dw = d * float(2*sc[s] + 1) * 1
 // (block fields as in quant/blocks.h; every I and M fits in int32). These follow ggml's CPU dot
 // products (ggml_vec_dot_<type>_q8_0 / _q8_1 / _q8_K), but per 32-column block: ggml's K types
 // take q8_K activations (one float scale per 256) and its Q4_1 / Q5_1 an fp16 block sum, so the

@@ -427,7 +427,8 @@ MIXTRAL_Q8_END
 inline constexpr DType kInt8Types[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K,
                                        DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q2_K,
                                        DType::Q3_K, DType::Q5_K, DType::IQ4_NL, DType::IQ4_XS,
-                                       DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ1_S, DType::IQ1_M};
+                                       DType::IQ2_XXS, DType::IQ2_XS, DType::IQ2_S, DType::IQ1_S, DType::IQ1_M,
+                                       DType::IQ3_XXS, DType::IQ3_S};
 constexpr int kNumInt8Types = int(sizeof kInt8Types / sizeof kInt8Types[0]);
 // Index of t in kInt8Types; -1 when t has no int8 path.
 constexpr int int8_type_index(DType t) {
@@ -517,6 +518,12 @@ struct IQ2_IQ1Policy {
   static int32_t corr_lo(const XBlock& x) { return -128 * x.sum_lo; }
   static int32_t corr_hi(const XBlock& x) { return -128 * (x.sum - x.sum_lo); }
   static constexpr bool kSigned = true, kHalves = true, kMin = false, kHalfScale = false;
+};
+struct IQ3Policy {  // IQ3_XXS / IQ3_S: signed grid values (+128 on AVX-512), one float scale per
+                    // block in s0 (d times the block's scale: exact in float)
+  static int32_t corr_lo(const XBlock& x) { return -128 * x.sum; }
+  static int32_t corr_hi(const XBlock&) { return 0; }
+  static constexpr bool kSigned = true, kHalves = false, kMin = false, kHalfScale = false;
 };
 template <class P>
 constexpr bool min_halves() {

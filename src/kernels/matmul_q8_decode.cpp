@@ -400,7 +400,8 @@ DecodeFn pick(const DecodeTable (&vnni512)[kNumInt8Types], const DecodeTable (&a
       decode_fns<D, U::Q2_K>(nt), decode_fns<D, U::Q3_K>(nt), decode_fns<D, U::Q5_K>(nt),          \
       decode_fns<D, U::IQ4_NL>(nt), decode_fns<D, U::IQ4_XS>(nt),                                 \
       decode_fns<D, U::IQ2_XXS>(nt), decode_fns<D, U::IQ2_XS>(nt), decode_fns<D, U::IQ2_S>(nt),    \
-      decode_fns<D, U::IQ1_S>(nt), decode_fns<D, U::IQ1_M>(nt)
+      decode_fns<D, U::IQ1_S>(nt), decode_fns<D, U::IQ1_M>(nt),                                \
+      decode_fns<D, U::IQ3_XXS>(nt), decode_fns<D, U::IQ3_S>(nt)
 }  // namespace
 
 DecodeFn decode_kernel(DType t, int n_tokens, bool vnni) {

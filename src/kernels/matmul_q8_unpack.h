@@ -14,7 +14,8 @@
 // dwords (V::rows32 / rows16): every operation after the transpose is byte-local (shift then
 // mask), so dword k of row r holds that row's values 4k .. 4k+3 in order, as Packed::q wants.
 //
-// IQ4_NL / IQ4_XS map their nibbles through kvalues_iq4nl (quant/iq_grids_iq4_iq3.h).
+// IQ4_NL / IQ4_XS map their nibbles through kvalues_iq4nl (quant/iq_grids_iq4_iq3.h); IQ3_XXS /
+// IQ3_S gather their 4-byte grid points (V::gather32) and negate bytes by their sign bits.
 #pragma once
 #include <immintrin.h>
 
@@ -71,6 +72,21 @@ inline void floats16(const uint8_t* const* rows, size_t o, bool neg, float* out)
   }
 }
 
+// IQ3_XXS / IQ3_S: out[ib].s0 = d * float(mult[ib][r]) * c for blocks ib < n (d: the rows' fp16
+// at off); the same float operations as ref::matmul_q8's dw (exact in float either way).
+inline void iq3_scales(const uint8_t* const* rows, size_t off, const int32_t (*mult)[kRows], float c, int n,
+                       Packed* out) {
+  alignas(32) uint16_t h16[kRows];
+  gather_d16(rows, off, h16);
+  for (int h = 0; h < 2; ++h) {
+    const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h16 + 8 * h)));
+    for (int ib = 0; ib < n; ++ib) {
+      const __m256 m = _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(mult[ib] + 8 * h)));
+      _mm256_storeu_ps(out[ib].s0 + 8 * h, _mm256_mul_ps(_mm256_mul_ps(d, m), _mm256_set1_ps(c)));
+    }
+  }
+}
+
 // ---- the vector types ----
 
 // AVX2: rows 8h .. 8h+8 per pass.
@@ -108,6 +124,9 @@ struct Avx2Vec {
   static R xor_(R a, R b) { return _mm256_xor_si256(a, b); }
   // val where the bytes of a and b are equal, else 0.
   static R select_eq(R a, R b, int8_t val) { return _mm256_and_si256(_mm256_cmpeq_epi8(a, b), set8(val)); }
+  static R sub8(R a, R b) { return _mm256_sub_epi8(a, b); }
+  // table[idx] per dword lane (idx < the table's length).
+  static R gather32(const uint32_t* table, R idx) { return _mm256_i32gather_epi32(reinterpret_cast<const int*>(table), idx, 4); }
   static void store(Packed* out, int k, int h, R v) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out->q[k][8 * h][0]), v);
   }
@@ -161,6 +180,8 @@ struct Avx512Vec {
   static R shuffle8(R table, R idx) { return _mm512_shuffle_epi8(table, idx); }
   static R xor_(R a, R b) { return _mm512_xor_si512(a, b); }
   static R select_eq(R a, R b, int8_t val) { return _mm512_maskz_mov_epi8(_mm512_cmpeq_epi8_mask(a, b), set8(val)); }
+  static R sub8(R a, R b) { return _mm512_sub_epi8(a, b); }
+  static R gather32(const uint32_t* table, R idx) { return _mm512_i32gather_epi32(idx, table, 4); }
   static void store(Packed* out, int k, int, R v) { _mm512_store_si512(&out->q[k][0][0], v); }
   static void storei(int32_t* p, int, R v) { _mm512_store_si512(p, v); }
   // For the IQ2 / IQ1 unpackers (as Avx2Vec's):
