@@ -178,8 +178,31 @@ struct Vnni512TileDecode {
   }
 };
 
+// One IQ2_XXS super-block of the 16 rows: each block's registers straight from the unpacker's
+// block() into the per-block step, no Packed buffer (the same operands vnni_packed would load:
+// s0 = d / 8, i0 = i1 = the half scale).
+template <class P, int NT>
+[[gnu::always_inline]] inline void iq2_xxs_step(const uint8_t* const* rows, size_t off, const XBlock* x, __m512 f[]) {
+  alignas(64) float d[kRows];
+  floats16(rows, off, false, d);
+  const __m512 s0 = _mm512_mul_ps(_mm512_load_ps(d), _mm512_set1_ps(0.125f));
+  const __m512 zf = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; ++j) {
+    __m512i v[8];
+    avx512::V::rows32(rows, off + 2 + 32 * j, 0, v);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      __m512i w[8], sc;
+      avx512::UnpackIQ2_XXS::block(v, q, w, sc);
+      vnni_block<P, NT>(w, s0, zf, sc, sc, x + (4 * j + q) * NT, f);
+    }
+  }
+}
+
 // Decode for a type fed by an unpacker (matmul_q8_unpack.h): per dtype block, the 16 rows
-// unpacked into a Packed buffer (L1), then the same per-block step as the packed path.
+// unpacked into a Packed buffer (L1), then the same per-block step as the packed path (IQ2_XXS:
+// in registers, iq2_xxs_step).
 template <class U, int NT>
 struct Vnni512UnpackDecode {
   static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
@@ -197,9 +220,13 @@ struct Vnni512UnpackDecode {
       for (int64_t j = 0; j < nb; j += U::kBlocks) {
         const size_t off = size_t(j / U::kBlocks) * bytes;
         prefetch_next_group(rows[0], rb, off, bytes);
-        alignas(64) Packed buf[U::kBlocks];
-        U::unpack(rows, off, buf);
-        for (int b = 0; b < U::kBlocks; ++b) vnni_packed<P, NT>(buf[b], xb + (j + b) * NT, f);
+        if constexpr (std::is_same_v<U, avx512::UnpackIQ2_XXS>) {
+          iq2_xxs_step<P, NT>(rows, off, xb + j * NT, f);
+        } else {
+          alignas(64) Packed buf[U::kBlocks];
+          U::unpack(rows, off, buf);
+          for (int b = 0; b < U::kBlocks; ++b) vnni_packed<P, NT>(buf[b], xb + (j + b) * NT, f);
+        }
       }
       const __mmask16 m = __mmask16((1u << nr) - 1);
 #pragma GCC unroll 8

@@ -71,6 +71,17 @@ inline void floats16(const uint8_t* const* rows, size_t o, bool neg, float* out)
   }
 }
 
+// iq2xxs_grid with 128 added to every byte (its bytes are < 128: an xor), for the unpacker's
+// signed values + 128.
+struct Iq2xxsBiased {
+  alignas(64) uint64_t v[256];
+};
+inline const Iq2xxsBiased kIq2xxsBiased = [] {
+  Iq2xxsBiased g{};
+  for (int i = 0; i < 256; ++i) g.v[i] = iq::iq2xxs_grid[i] ^ 0x8080808080808080ull;
+  return g;
+}();
+
 // ---- the vector types ----
 
 // AVX2: rows 8h .. 8h+8 per pass.
@@ -127,6 +138,12 @@ struct Avx2Vec {
     split64(_mm256_i32gather_epi64(t, _mm256_castsi256_si128(idx), 8),
             _mm256_i32gather_epi64(t, _mm256_extracti128_si256(idx, 1), 8), lo, hi);
   }
+  // As gather64 by dword gathers (scale 8): lo from table's low dwords, hi from its high ones.
+  static void gather32x2(const uint64_t* table, R idx, R& lo, R& hi) {
+    const auto* t = reinterpret_cast<const int*>(table);
+    lo = _mm256_i32gather_epi32(t, idx, 8);
+    hi = _mm256_i32gather_epi32(t + 1, idx, 8);
+  }
   // a, b = 4 u64 each (rows 0..3, 4..7).
   static void split64(R a, R b, R& lo, R& hi) {
     const __m256 fa = _mm256_castsi256_ps(a), fb = _mm256_castsi256_ps(b);
@@ -166,13 +183,18 @@ struct Avx512Vec {
   // For the IQ2 / IQ1 unpackers (as Avx2Vec's):
   static R add8(R a, R b) { return _mm512_add_epi8(a, b); }
   static R add32(R a, R b) { return _mm512_add_epi32(a, b); }
-  static R neg_where(R a, R s, R bits) {
-    return _mm512_mask_sub_epi8(a, _mm512_cmpeq_epi8_mask(_mm512_and_si512(s, bits), bits), _mm512_setzero_si512(), a);
+  static R neg_where(R a, R s, R bits) {  // bits: one bit per byte (a test is the compare)
+    return _mm512_mask_sub_epi8(a, _mm512_test_epi8_mask(s, bits), _mm512_setzero_si512(), a);
   }
   static void gather64(const uint64_t* table, R idx, int, R& lo, R& hi) {
     const auto* t = reinterpret_cast<const long long*>(table);
     split64(_mm512_i32gather_epi64(_mm512_castsi512_si256(idx), t, 8),
             _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), t, 8), lo, hi);
+  }
+  static void gather32x2(const uint64_t* table, R idx, R& lo, R& hi) {
+    const auto* t = reinterpret_cast<const int*>(table);
+    lo = _mm512_i32gather_epi32(idx, t, 8);
+    hi = _mm512_i32gather_epi32(idx, t + 1, 8);
   }
   static void split64(R a, R b, R& lo, R& hi) {
     lo = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
