@@ -495,3 +495,7 @@ DecodeFn decode_tiles_kernel(DType t, int n_tokens, bool vnni) {
 }
 
 }  // namespace mixtral::q8
+
+namespace mixtral {
+void set_int8_vbmi(bool on) { q8::g_vbmi_allowed.store(on, std::memory_order_relaxed); }
+}  // namespace mixtral

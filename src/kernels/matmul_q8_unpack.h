@@ -18,6 +18,7 @@
 #pragma once
 #include <immintrin.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -206,6 +207,28 @@ MIXTRAL_Q8_END
 
 // ---- the unpackers, per ISA ----
 
+// Whether the CPU has AVX-512 VBMI (Ice Lake, Zen 4 and later; not Skylake-X / Cascade Lake).
+// (set_int8_vbmi(false) turns it off.)
+inline std::atomic<bool> g_vbmi_allowed{true};
+inline bool has_avx512_vbmi() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") != 0;
+  }();
+  return yes && g_vbmi_allowed.load(std::memory_order_relaxed);
+}
+
+#define MIXTRAL_Q8_BEGIN_AVX512_VBMI \
+  MIXTRAL_Q8_BEGIN_("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,avx2,f16c,fma\")")
+
+MIXTRAL_Q8_BEGIN_AVX512_VBMI
+namespace avx512 {
+// UnpackIQ2_XXS::unpack by Iq2xxsVbmi's blocks (its AVX-512 instance calls it where VBMI is).
+void iq2xxs_unpack_vbmi(const uint8_t* const* rows, size_t off, Packed* out);
+}  // namespace avx512
+MIXTRAL_Q8_END
+
+
 namespace avx2 {
 using V = Avx2Vec;
 #include "kernels/matmul_q8_unpack.inc"
@@ -239,18 +262,6 @@ inline const Iq2xxsCodes kIq2xxsCodes = [] {
   return c;
 }();
 
-// Whether the CPU has AVX-512 VBMI (Ice Lake, Zen 4 and later; not Skylake-X / Cascade Lake).
-inline bool has_avx512_vbmi() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vbmi") != 0;
-  }();
-  return yes;
-}
-
-#define MIXTRAL_Q8_BEGIN_AVX512_VBMI \
-  MIXTRAL_Q8_BEGIN_("GCC target(\"avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vnni,avx2,f16c,fma\")")
-
 MIXTRAL_Q8_BEGIN_AVX512_VBMI
 namespace avx512 {
 struct Iq2xxsVbmi {
@@ -283,6 +294,19 @@ struct Iq2xxsVbmi {
     sc = iq_odd(V::srli32(aux, 28), 15);
   }
 };
+[[gnu::noinline]] inline void iq2xxs_unpack_vbmi(const uint8_t* const* rows, size_t off, Packed* out) {
+  for (int j = 0; j < 2; ++j) {
+    __m512i v[8];
+    V::rows32(rows, off + 2 + 32 * j, 0, v);
+    for (int q = 0; q < 4; ++q) {
+      __m512i w[8], sc;
+      Iq2xxsVbmi::block(v, q, w, sc);
+      for (int k = 0; k < 8; ++k) V::store(out + 4 * j + q, k, 0, w[k]);
+      iq_store_scales(out + 4 * j + q, 0, sc, sc);
+    }
+  }
+  iq_d8_at(rows, off, out);
+}
 }  // namespace avx512
 MIXTRAL_Q8_END
 
