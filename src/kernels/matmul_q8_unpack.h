@@ -267,9 +267,8 @@ namespace avx512 {
 struct Iq2xxsVbmi {
   // The byte of each index byte of ix in a 256-byte table t.
   [[gnu::always_inline]] static inline __m512i lookup256(const uint8_t* t, __m512i ix) {
-    const auto ld = [](const uint8_t* p) { return _mm512_load_si512(p); };
-    const __m512i a = _mm512_permutex2var_epi8(ld(t), ix, ld(t + 64));
-    const __m512i b = _mm512_permutex2var_epi8(ld(t + 128), ix, ld(t + 192));
+    const __m512i a = _mm512_permutex2var_epi8(_mm512_load_si512(t), ix, _mm512_load_si512(t + 64));
+    const __m512i b = _mm512_permutex2var_epi8(_mm512_load_si512(t + 128), ix, _mm512_load_si512(t + 192));
     return _mm512_mask_blend_epi8(_mm512_movepi8_mask(ix), a, b);
   }
   // As UnpackIQ2_XXS::block (the same bytes).
