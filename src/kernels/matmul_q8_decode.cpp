@@ -205,7 +205,7 @@ MIXTRAL_IQ2_XXS_STEP(iq2_xxs_step, avx512::UnpackIQ2_XXS)
 
 MIXTRAL_Q8_END
 
-// ---- AVX-512 VNNI + VBMI: IQ2_XXS without gathers ----
+// ---- AVX-512 VNNI + VBMI + BITALG: IQ2_XXS without gathers ----
 
 MIXTRAL_Q8_BEGIN_AVX512_VBMI
 
