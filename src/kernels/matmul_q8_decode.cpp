@@ -180,7 +180,9 @@ struct Vnni512TileDecode {
 
 // One IQ2_XXS super-block of the 16 rows: each block's registers straight from Un::block (the
 // unpacker's; Iq2xxsVbmi's, from a function of its region) into the per-block step, no Packed
-// buffer (the same operands vnni_packed would load: s0 = d / 8, i0 = i1 = the half scale).
+// buffer (the same operands vnni_packed would load: s0 = d / 8, i0 = i1 = the half scale). A
+// macro, defined once per region: a template instance keeps its definition's target, and GCC
+// inlines the VBMI blocks only into a function of the VBMI region.
 #define MIXTRAL_IQ2_XXS_STEP(name, Un_) \
 template <class P, int NT> \
 [[gnu::always_inline]] inline void name(const uint8_t* const* rows, size_t off, const XBlock* x, __m512 f[]) { \

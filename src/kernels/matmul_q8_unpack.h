@@ -139,12 +139,6 @@ struct Avx2Vec {
     split64(_mm256_i32gather_epi64(t, _mm256_castsi256_si128(idx), 8),
             _mm256_i32gather_epi64(t, _mm256_extracti128_si256(idx, 1), 8), lo, hi);
   }
-  // As gather64 by dword gathers (scale 8): lo from table's low dwords, hi from its high ones.
-  static void gather32x2(const uint64_t* table, R idx, R& lo, R& hi) {
-    const auto* t = reinterpret_cast<const int*>(table);
-    lo = _mm256_i32gather_epi32(t, idx, 8);
-    hi = _mm256_i32gather_epi32(t + 1, idx, 8);
-  }
   // a, b = 4 u64 each (rows 0..3, 4..7).
   static void split64(R a, R b, R& lo, R& hi) {
     const __m256 fa = _mm256_castsi256_ps(a), fb = _mm256_castsi256_ps(b);
@@ -192,11 +186,6 @@ struct Avx512Vec {
     split64(_mm512_i32gather_epi64(_mm512_castsi512_si256(idx), t, 8),
             _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), t, 8), lo, hi);
   }
-  static void gather32x2(const uint64_t* table, R idx, R& lo, R& hi) {
-    const auto* t = reinterpret_cast<const int*>(table);
-    lo = _mm512_i32gather_epi32(idx, t, 8);
-    hi = _mm512_i32gather_epi32(idx, t + 1, 8);
-  }
   static void split64(R a, R b, R& lo, R& hi) {
     lo = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
     hi = _mm512_permutex2var_epi32(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
@@ -229,7 +218,6 @@ void iq2xxs_unpack_vbmi(const uint8_t* const* rows, size_t off, Packed* out);
 }  // namespace avx512
 MIXTRAL_Q8_END
 
-
 namespace avx2 {
 using V = Avx2Vec;
 #include "kernels/matmul_q8_unpack.inc"
@@ -248,7 +236,10 @@ MIXTRAL_Q8_END
 // indices (16 rows x 4 entries) become their codes by two-register byte permutes, and each
 // value's byte by a multishift of its 2-bit field and a byte permute of the biased magnitudes;
 // its sign is a bit shuffle of the sign bytes (the mask of a masked negation).
-// (The gathers it replaces bound the decode: 98 GFLOP/s with them, ~257 with them stubbed out.)
+// The gathers it replaces bound the decode (bench_matmul --shapes up, 1 token, 2 threads, Zen 5:
+// 98 GFLOP/s CPU time with them, ~257 with them stubbed out); with it 222, with the bit shuffles
+// (instead of a broadcast and two tests per entry) 240; tg32 on the IQ2_XXS slice 44-46 ->
+// 91-101 tok/s.
 struct Iq2xxsCodes {
   alignas(64) uint8_t lo[256];
   alignas(64) uint8_t hi[256];
