@@ -72,17 +72,6 @@ inline void floats16(const uint8_t* const* rows, size_t o, bool neg, float* out)
   }
 }
 
-// iq2xxs_grid with 128 added to every byte (its bytes are < 128: an xor), for the unpacker's
-// signed values + 128.
-struct Iq2xxsBiased {
-  alignas(64) uint64_t v[256];
-};
-inline const Iq2xxsBiased kIq2xxsBiased = [] {
-  Iq2xxsBiased g{};
-  for (int i = 0; i < 256; ++i) g.v[i] = iq::iq2xxs_grid[i] ^ 0x8080808080808080ull;
-  return g;
-}();
-
 // ---- the vector types ----
 
 // AVX2: rows 8h .. 8h+8 per pass.
@@ -195,6 +184,17 @@ struct Avx512Vec {
 MIXTRAL_Q8_END
 
 // ---- the unpackers, per ISA ----
+
+// iq2xxs_grid with 128 added to every byte (its bytes are < 128: an xor), for the unpacker's
+// signed values + 128.
+struct Iq2xxsBiased {
+  alignas(64) uint64_t v[256];
+};
+inline const Iq2xxsBiased kIq2xxsBiased = [] {
+  Iq2xxsBiased g{};
+  for (int i = 0; i < 256; ++i) g.v[i] = iq::iq2xxs_grid[i] ^ 0x8080808080808080ull;
+  return g;
+}();
 
 // Whether the CPU has AVX-512 VBMI and BITALG, and VNNI, which the regions below also target
 // (Ice Lake, Zen 4 and later; not Skylake-X / Cascade Lake). set_int8_vbmi(false) turns it off.
