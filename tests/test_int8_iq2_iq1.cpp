@@ -143,6 +143,28 @@ TEST(Int8IQ2IQ1, FastPathBitExactWithReference) {
   }
 }
 
+// IQ2_XXS's AVX-512 paths without VBMI (its grid by gathers, as on Skylake-X / Cascade Lake) ==
+// ref::matmul_q8 bit for bit; on a VBMI CPU the test above checks the VBMI ones.
+TEST(Int8IQ2IQ1, Iq2XxsWithoutVbmiBitExactWithReference) {
+  ThreadPool pool(2);
+  set_int8_vbmi(false);
+  for (int64_t rows : {16, 40}) {
+    const RandomMatrix W(DType::IQ2_XXS, rows, 1024, uint32_t(rows * 17 + 5), 0);
+    for (int64_t n : {1, 3, 8, 17}) {
+      SCOPED_TRACE("rows=" + std::to_string(rows) + " tokens=" + std::to_string(n));
+      std::vector<float> x = normal(n * 1024, uint32_t(n * 11 + 3));
+      std::vector<float> want(size_t(n * rows)), got(size_t(n * rows));
+      ref::matmul_q8(W.m, x.data(), n, want.data());
+      for_each_simd_level([&] {
+        matmul(W.m, x.data(), n, got.data(), pool);
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_TRUE(same_bits(got[i], want[i])) << "i=" << i << ": " << got[i] << " vs " << want[i];
+      });
+    }
+  }
+  set_int8_vbmi(true);
+}
+
 // ref::matmul_q8 vs the float reference (dequantized W times x) on random blocks.
 TEST(Int8IQ2IQ1, ReferenceAgreesWithFloatReference) {
   constexpr int64_t R = 24, K = 1024, T = 3;

@@ -69,6 +69,10 @@ void quantize_activations(const float* x, int64_t n_tokens, int64_t K, XBlock* x
 // y = x·Wᵀ as matmul() (matmul.h) for an int8_activation_dtype W.
 void matmul_q8(const Matrix& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
+// Whether the AVX-512 kernels may use AVX-512 VBMI and BITALG where the CPU has them (on by
+// default; tests turn it off to check the paths of CPUs without them). Not while a matmul runs.
+void set_int8_vbmi(bool on);
+
 namespace ref {
 void quantize_activations(const float* x, int64_t n_tokens, int64_t K, XBlock* xb);
 // Scalar, straight from the contract above and the block layouts.

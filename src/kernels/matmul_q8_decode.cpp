@@ -178,11 +178,76 @@ struct Vnni512TileDecode {
   }
 };
 
+// One IQ2_XXS super-block of the 16 rows: each block's registers straight from Un::block (the
+// unpacker's; Iq2xxsVbmi's, from a function of its region) into the per-block step, no Packed
+// buffer (the same operands vnni_packed would load: s0 = d / 8, i0 = i1 = the half scale). A
+// macro, defined once per region: a template instance keeps its definition's target, and GCC
+// inlines the VBMI blocks only into a function of the VBMI region.
+#define MIXTRAL_IQ2_XXS_STEP(name, Un_) \
+template <class P, int NT> \
+[[gnu::always_inline]] inline void name(const uint8_t* const* rows, size_t off, const XBlock* x, __m512 f[]) { \
+  alignas(64) float d[kRows]; \
+  floats16(rows, off, false, d); \
+  const __m512 s0 = _mm512_mul_ps(_mm512_load_ps(d), _mm512_set1_ps(0.125f)); \
+  const __m512 zf = _mm512_setzero_ps(); \
+  _Pragma("GCC unroll 2") \
+  for (int j = 0; j < 2; ++j) { \
+    __m512i v[8]; \
+    avx512::V::rows32(rows, off + 2 + 32 * j, 0, v); \
+    _Pragma("GCC unroll 4") \
+    for (int q = 0; q < 4; ++q) { \
+      __m512i w[8], sc; \
+      Un_::block(v, q, w, sc); \
+      vnni_block<P, NT>(w, s0, zf, sc, sc, x + (4 * j + q) * NT, f); \
+    } \
+  } \
+}
+
+MIXTRAL_IQ2_XXS_STEP(iq2_xxs_step, avx512::UnpackIQ2_XXS)
+
+MIXTRAL_Q8_END
+
+// ---- AVX-512 VNNI + VBMI + BITALG: IQ2_XXS without gathers ----
+
+MIXTRAL_Q8_BEGIN_AVX512_VBMI
+
+MIXTRAL_IQ2_XXS_STEP(iq2_xxs_vbmi_step, avx512::Iq2xxsVbmi)
+
+// Vnni512UnpackDecode of IQ2_XXS with Iq2xxsVbmi's blocks.
+template <class P, int NT>
+[[gnu::noinline]] void iq2_xxs_vbmi_decode(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+  const int64_t N = W.rows, nb = W.cols / 32;
+  const size_t rb = W.row_bytes();
+  for (int64_t g = r0; g < r1; g += kRows) {
+    const int nr = int(std::min<int64_t>(kRows, r1 - g));
+    const uint8_t* rows[kRows];
+    group_rows(W, g, nr, rows);
+    __m512 f[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) f[t] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nb; j += 8) {
+      const size_t off = size_t(j / 8) * sizeof(BlockIQ2_XXS);
+      prefetch_next_group(rows[0], rb, off, sizeof(BlockIQ2_XXS));
+      iq2_xxs_vbmi_step<P, NT>(rows, off, xb + j * NT, f);
+    }
+    const __mmask16 m = __mmask16((1u << nr) - 1);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * N + g, m, f[t]);
+  }
+}
+
+MIXTRAL_Q8_END
+
+MIXTRAL_Q8_BEGIN_AVX512_VNNI
+
 // Decode for a type fed by an unpacker (matmul_q8_unpack.h): per dtype block, the 16 rows
-// unpacked into a Packed buffer (L1), then the same per-block step as the packed path.
+// unpacked into a Packed buffer (L1), then the same per-block step as the packed path (IQ2_XXS:
+// in registers, iq2_xxs_step).
 template <class U, int NT>
 struct Vnni512UnpackDecode {
   static void run(const Matrix& W, const XBlock* xb, float* y, int64_t r0, int64_t r1) {
+    if constexpr (std::is_same_v<U, avx512::UnpackIQ2_XXS>)
+      if (has_avx512_vbmi()) return iq2_xxs_vbmi_decode<typename U::Policy, NT>(W, xb, y, r0, r1);
     using P = typename U::Policy;
     constexpr size_t bytes = sizeof(typename U::Block);
     const int64_t N = W.rows, nb = W.cols / 32;
@@ -197,9 +262,13 @@ struct Vnni512UnpackDecode {
       for (int64_t j = 0; j < nb; j += U::kBlocks) {
         const size_t off = size_t(j / U::kBlocks) * bytes;
         prefetch_next_group(rows[0], rb, off, bytes);
-        alignas(64) Packed buf[U::kBlocks];
-        U::unpack(rows, off, buf);
-        for (int b = 0; b < U::kBlocks; ++b) vnni_packed<P, NT>(buf[b], xb + (j + b) * NT, f);
+        if constexpr (std::is_same_v<U, avx512::UnpackIQ2_XXS>) {
+          iq2_xxs_step<P, NT>(rows, off, xb + j * NT, f);
+        } else {
+          alignas(64) Packed buf[U::kBlocks];
+          U::unpack(rows, off, buf);
+          for (int b = 0; b < U::kBlocks; ++b) vnni_packed<P, NT>(buf[b], xb + (j + b) * NT, f);
+        }
       }
       const __mmask16 m = __mmask16((1u << nr) - 1);
 #pragma GCC unroll 8
@@ -429,3 +498,7 @@ DecodeFn decode_tiles_kernel(DType t, int n_tokens, bool vnni) {
 }
 
 }  // namespace mixtral::q8
+
+namespace mixtral {
+void set_int8_vbmi(bool on) { q8::g_vbmi_allowed.store(on, std::memory_order_relaxed); }
+}  // namespace mixtral
