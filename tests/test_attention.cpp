@@ -17,10 +17,14 @@
 #include "core/thread_pool.h"
 #include "kernels/attention.h"
 #include "kernels/dequant.h"
+#include "kernel_test_util.h"
 #include "test_util.h"
 
 namespace mixtral {
 namespace {
+
+using testing::for_each_simd_level;
+using testing::normal;
 
 using testing::rel_l2;
 
@@ -60,26 +64,6 @@ class PagedKV : public KVSource {
   std::vector<int64_t> table_;
   std::vector<float> k_, v_;
 };
-
-std::vector<float> normal(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
-template <class F>
-void for_each_simd_level(F body) {
-  const SimdLevel best = best_simd_level();
-  for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AVX512_BF16}) {
-    if (int(l) > int(best)) continue;
-    set_simd_level(l);
-    SCOPED_TRACE(l == SimdLevel::AVX512_BF16 ? "AVX512_BF16" : l == SimdLevel::AVX512 ? "AVX512" : "AVX2");
-    body();
-  }
-  set_simd_level(best);
-}
 
 // Runs `runs` through the fast kernel with n_threads and returns the outputs.
 void fast(const AttentionShape& sh, const std::vector<QueryRun>& runs, const KVSource& kv, int n_threads) {

@@ -1,16 +1,18 @@
 // The int8-activation path of the types fed by an unpacker (kernels/matmul_q8_unpack.h: Q4_1,
-// Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS):
+// Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, IQ3_XXS, IQ3_S):
 //   - the fast path (decode kernels up to 8 tokens, the packed path beyond) == ref::matmul_q8
 //     bit for bit, for every SIMD level, 1 and 2 threads, token counts around the kernels'
 //     limits, row counts around the 16-row groups; the blocks are random bytes (every bit
-//     pattern of quants and scales) with finite fp16 fields;
-//   - ref::matmul_q8 on ggml's blocks against ggml's own CPU product (../shared/fixtures/blocks),
-//     within the activation-rounding error bound of both (below).
+//     pattern of quants, grid indices, signs and scales) with finite fp16 fields;
+//   - ref::matmul_q8 against the float reference ref::matmul (the reference dequantizers) on
+//     those blocks, and on ggml's blocks against ggml's own CPU product
+//     (../shared/fixtures/blocks), within the activation-rounding error bounds (below).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -22,15 +24,20 @@
 #include "kernels/dequant.h"
 #include "kernels/matmul.h"
 #include "kernels/matmul_q8.h"
-#include "kernels/matmul_q8_unpack.h"
-#include "kernels/weight_tiles.h"
+#include "kernel_test_util.h"
+#include "quant/blocks.h"
 #include "test_util.h"
 
 namespace mixtral {
 namespace {
 
-const DType kFamily[] = {DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q2_K,
-                         DType::Q3_K, DType::Q5_K, DType::IQ4_NL, DType::IQ4_XS};
+using testing::for_each_simd_level;
+using testing::normal;
+using testing::same_bits;
+
+const DType kFamily[] = {DType::Q4_1,   DType::Q5_0,    DType::Q5_1,   DType::Q2_K,  DType::Q3_K,
+                         DType::Q5_K,   DType::IQ4_NL,  DType::IQ4_XS, DType::IQ2_XXS, DType::IQ2_XS,
+                         DType::IQ2_S,  DType::IQ1_S,   DType::IQ1_M,  DType::IQ3_XXS, DType::IQ3_S};
 
 std::string lower_name(DType t) {
   std::string n = dtype_name(t);
@@ -38,17 +45,33 @@ std::string lower_name(DType t) {
   return n;
 }
 
-// Byte offsets of a block's fp16 fields (quant/blocks.h).
+// Byte offsets of a block's fp16 fields (quant/blocks.h); IQ1_M has none (set_fp16).
 std::vector<size_t> fp16_fields(DType t) {
   switch (t) {
     case DType::Q4_1: case DType::Q5_1: case DType::Q5_K: return {0, 2};
     case DType::Q2_K: return {offsetof(BlockQ2_K, d), offsetof(BlockQ2_K, dmin)};
     case DType::Q3_K: return {offsetof(BlockQ3_K, d)};
-    default: return {0};  // Q5_0, IQ4_NL, IQ4_XS
+    default: return {0};  // Q5_0, IQ4_NL, IQ4_XS, IQ2_*, IQ1_S, IQ3_*
+  }
+}
+
+// Writes the fp16 h into field o of block b; IQ1_M keeps its d as the top nibbles of its 4
+// u16 scales.
+void set_fp16(DType t, uint8_t* b, size_t o, uint16_t h) {
+  if (t != DType::IQ1_M) {
+    std::memcpy(b + o, &h, 2);
+    return;
+  }
+  for (int k = 0; k < 4; ++k) {
+    uint16_t s;
+    std::memcpy(&s, b + offsetof(BlockIQ1_M, scales) + 2 * k, 2);
+    s = uint16_t((s & 0x0FFF) | (((h >> (4 * k)) & 0xF) << 12));
+    std::memcpy(b + offsetof(BlockIQ1_M, scales) + 2 * k, &s, 2);
   }
 }
 
 // rows x cols of random blocks: random bytes, the fp16 fields random in ±[2^-12, 2^-4].
+// misalign: the matrix starts that many bytes into its buffer.
 struct RandomMatrix {
   std::vector<uint8_t> bytes;
   Matrix m;
@@ -62,33 +85,26 @@ struct RandomMatrix {
     for (size_t i = 0; i < nblocks; ++i)
       for (size_t o : fp16_fields(t)) {
         const float v = std::exp2(mag(rng)) * (rng() % 2 ? 1.0f : -1.0f);
-        const uint16_t h = f32_to_f16(v);
-        std::memcpy(bytes.data() + misalign + i * info.block_bytes + o, &h, 2);
+        set_fp16(t, bytes.data() + misalign + i * info.block_bytes, o, f32_to_f16(v));
       }
     m = Matrix{t, rows, cols, bytes.data() + misalign};
   }
 };
 
-std::vector<float> normal(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = d(rng);
-  return v;
-}
-
-bool same_bits(float a, float b) { return f32_to_bits(a) == f32_to_bits(b); }
-
-template <class F>
-void for_each_simd_level(F body) {
-  const SimdLevel best = best_simd_level();
-  for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AVX512_BF16}) {
-    if (int(l) > int(best)) continue;
-    set_simd_level(l);
-    SCOPED_TRACE(l == SimdLevel::AVX512_BF16 ? "AVX512_BF16" : l == SimdLevel::AVX512 ? "AVX512" : "AVX2");
-    body();
+// The int8 activations' rounding: per value at most d/2 + 127·|fp16(d) - d| <= 0.57 d, d =
+// amax / 127 of its 32-block (test_kernels.cpp); ggml's q8_K (256 values, float d): d/2. Adds
+// sum over the gb-blocks of one row and token of |w|_b · c · amax_b / 127 to bound, and (for
+// gb = 32) sum |w x| to mag.
+void rounding_bound(const float* w, const float* x, int64_t K, int64_t gb, double c, double& bound, double& mag) {
+  for (int64_t b0 = 0; b0 < K; b0 += gb) {
+    double amax = 0, wsum = 0;
+    for (int64_t k = b0; k < b0 + gb; ++k) {
+      amax = std::max(amax, double(std::fabs(x[k])));
+      wsum += std::fabs(double(w[k]));
+      if (gb == 32) mag += std::fabs(double(w[k]) * x[k]);
+    }
+    bound += wsum * c * amax / 127;
   }
-  set_simd_level(best);
 }
 
 TEST(Int8Family, RoutedToTheInt8Path) {
@@ -127,15 +143,61 @@ TEST(Int8Family, FastPathBitExactWithReference) {
   }
 }
 
+// IQ2_XXS's AVX-512 paths without VBMI (its grid by gathers, as on Skylake-X / Cascade Lake) ==
+// ref::matmul_q8 bit for bit; on a VBMI CPU the test above checks the VBMI ones.
+TEST(Int8Family, Iq2XxsWithoutVbmiBitExactWithReference) {
+  ThreadPool pool(2);
+  set_int8_vbmi(false);
+  for (int64_t rows : {16, 40}) {
+    const RandomMatrix W(DType::IQ2_XXS, rows, 1024, uint32_t(rows * 17 + 5));
+    for (int64_t n : {1, 3, 8, 17}) {
+      SCOPED_TRACE("rows=" + std::to_string(rows) + " tokens=" + std::to_string(n));
+      const std::vector<float> x = normal(n * 1024, uint32_t(n * 11 + 3));
+      std::vector<float> want(size_t(n * rows)), got(size_t(n * rows));
+      ref::matmul_q8(W.m, x.data(), n, want.data());
+      for_each_simd_level([&] {
+        matmul(W.m, x.data(), n, got.data(), pool);
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_TRUE(same_bits(got[i], want[i])) << "i=" << i << ": " << got[i] << " vs " << want[i];
+      });
+    }
+  }
+  set_int8_vbmi(true);
+}
+
+// ref::matmul_q8 vs the float reference: both are the exact product of the dequantized W with
+// x but for the int8 activations' rounding and float rounding (1e-5 sum |w x|).
+TEST(Int8Family, ReferenceAgreesWithFloatReference) {
+  constexpr int64_t R = 24, T = 3;
+  for (DType t : kFamily) {
+    const int64_t K = dtype_info(t).block_size == 32 ? 32 * 33 : 1024;
+    const RandomMatrix W(t, R, K, 97 + uint32_t(t));
+    std::vector<float> x = normal(T * K, 5);
+    for (int64_t i = 0; i < T * K; i += 29) x[size_t(i)] *= 20.0f;  // outliers
+    std::vector<float> y(size_t(T * R)), yf(size_t(T * R)), w(static_cast<size_t>(K));
+    ref::matmul_q8(W.m, x.data(), T, y.data());
+    ref::matmul(W.m, x.data(), T, yf.data());
+    double worst = 0;
+    for (int64_t r = 0; r < R; ++r) {
+      ref::dequantize_row(t, W.m.row(r), w.data(), K);
+      for (int64_t tt = 0; tt < T; ++tt) {
+        double bound = 0, mag = 0;
+        rounding_bound(w.data(), x.data() + tt * K, K, 32, 0.57, bound, mag);
+        const double err = std::fabs(double(y[size_t(tt * R + r)]) - yf[size_t(tt * R + r)]);
+        EXPECT_LE(err, bound + 1e-5 * mag) << dtype_name(t) << " r=" << r << " t=" << tt;
+        worst = std::max(worst, err / mag);
+      }
+    }
+    std::printf("[ %-7s ] max |int8 - float| / sum|w x| = %.3g\n", dtype_name(t), worst);
+  }
+}
+
 // ref::matmul_q8 on ggml's blocks vs ggml's CPU product of the same blocks and activations. Both
 // are the exact product of the dequantized W with x, off by their activations' rounding: ours
-// rounds each 32-block to int8 with an fp16 scale d = amax / 127 (per value at most
-// d/2 + 127·|fp16(d) - d| <= 0.57 d, as the existing bound in test_kernels.cpp), ggml's rounds
-// to q8_0 / q8_1 (32 values, fp16 d: the same 0.57 d) for the legacy types and IQ4_NL, and to
-// q8_K (256 values, float d: d/2) for the K types and IQ4_XS. So per output
-//   |ours - ggml| <= sum_b |w|_b · 0.57 amax_b / 127 + sum_B |w|_B · c amax_B / 127 + 1e-5 · sum |w x|
-// with b the 32-blocks and B ggml's activation blocks. The measured max of |ours - ggml| / sum|w x|
-// is printed.
+// (rounding_bound, 32-blocks), ggml's q8_0 / q8_1 (32 values, fp16 d: the same 0.57 d) for the
+// legacy types and IQ4_NL, q8_K (256 values, float d: d/2) for the K and the other IQ types. So
+// per output |ours - ggml| <= both bounds + 1e-5 · sum |w x|. The measured max of
+// |ours - ggml| / sum|w x| is printed.
 TEST(Int8Family, ReferenceAgreesWithGgmlWithinActivationRounding) {
   REQUIRE_PATH(testing::blocks_dir());
   using testing::BlocksFixture;
@@ -147,31 +209,16 @@ TEST(Int8Family, ReferenceAgreesWithGgmlWithinActivationRounding) {
     std::vector<float> y(size_t(T * R));
     ref::matmul_q8(W, f.X.data(), T, y.data());
     const bool k_acts = dtype_info(t).block_size == 256;  // ggml multiplies these with q8_K
-    const int64_t gb = k_acts ? 256 : 32;
-    const double gc = k_acts ? 0.5 : 0.57;
     double worst = 0;
     for (int64_t tt = 0; tt < T; ++tt)
       for (int64_t r = 0; r < R; ++r) {
-        double mine = 0, theirs = 0, mag = 0;
-        for (int64_t b0 = 0; b0 < K; b0 += 32) {
-          double amax = 0, wsum = 0;
-          for (int64_t k = b0; k < b0 + 32; ++k) {
-            amax = std::max(amax, double(std::fabs(f.X[size_t(tt * K + k)])));
-            wsum += std::fabs(double(f.dequant[size_t(r * K + k)]));
-            mag += std::fabs(double(f.dequant[size_t(r * K + k)]) * f.X[size_t(tt * K + k)]);
-          }
-          mine += wsum * 0.57 * amax / 127;
-        }
-        for (int64_t b0 = 0; b0 < K; b0 += gb) {
-          double amax = 0, wsum = 0;
-          for (int64_t k = b0; k < b0 + gb; ++k) {
-            amax = std::max(amax, double(std::fabs(f.X[size_t(tt * K + k)])));
-            wsum += std::fabs(double(f.dequant[size_t(r * K + k)]));
-          }
-          theirs += wsum * gc * amax / 127;
-        }
+        const float* w = f.dequant.data() + r * K;
+        const float* x = f.X.data() + tt * K;
+        double bound = 0, mag = 0, unused = 0;
+        rounding_bound(w, x, K, 32, 0.57, bound, mag);                                  // ours
+        rounding_bound(w, x, K, k_acts ? 256 : 32, k_acts ? 0.5 : 0.57, bound, unused);  // ggml's
         const double got = y[size_t(tt * R + r)], want = f.matmul[size_t(tt * R + r)];
-        EXPECT_LE(std::fabs(got - want), mine + theirs + 1e-5 * mag)
+        EXPECT_LE(std::fabs(got - want), bound + 1e-5 * mag)
             << dtype_name(t) << " token " << tt << " row " << r << ": " << got << " vs " << want;
         worst = std::max(worst, std::fabs(got - want) / mag);
       }

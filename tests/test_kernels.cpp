@@ -29,21 +29,18 @@
 #include "kernels/weight_tiles.h"
 #include "quant/blocks.h"
 #include "quant/quantize.h"
+#include "kernel_test_util.h"
 #include "test_util.h"
 
 namespace mixtral {
 namespace {
 
+using testing::for_each_simd_level;
+using testing::normal;
+using testing::same_bits;
+
 const DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16, DType::Q8_0,
                            DType::Q4_0, DType::Q4_K, DType::Q6_K};
-
-std::vector<float> normal(int64_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = d(rng);
-  return v;
-}
 
 std::vector<uint8_t> quantize(DType t, const std::vector<float>& x) {
   std::vector<uint8_t> q(quantized_bytes(t, int64_t(x.size())));
@@ -55,21 +52,6 @@ std::vector<float> ref_dequant(DType t, const uint8_t* q, int64_t n) {
   std::vector<float> y(static_cast<size_t>(n));
   ref::dequantize_row(t, q, y.data(), n);
   return y;
-}
-
-bool same_bits(float a, float b) { return f32_to_bits(a) == f32_to_bits(b); }
-
-// Runs body at every SIMD level this CPU has, restoring the best level afterwards.
-template <class F>
-void for_each_simd_level(F body) {
-  const SimdLevel best = best_simd_level();
-  for (SimdLevel l : {SimdLevel::AVX2, SimdLevel::AVX512, SimdLevel::AVX512_BF16}) {
-    if (int(l) > int(best)) continue;
-    set_simd_level(l);
-    SCOPED_TRACE(l == SimdLevel::AVX512_BF16 ? "AVX512_BF16" : l == SimdLevel::AVX512 ? "AVX512" : "AVX2");
-    body();
-  }
-  set_simd_level(best);
 }
 
 // ---- layouts and sizes --------------------------------------------------------------------------

@@ -39,8 +39,6 @@ class PerplexityWindows {
   PerplexityWindows(Session& session, int32_t bos, int64_t n_ctx);
   int64_t n_ctx() const { return n_ctx_; }
   int64_t first_scored() const { return n_ctx_ / 2; }
-  // Windows that `n_tokens` tokens hold.
-  int64_t windows_in(int64_t n_tokens) const { return n_tokens / n_ctx_; }
   // The logits of every position of window c of `tokens`: [n_ctx][n_vocab].
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, int64_t c);
 
